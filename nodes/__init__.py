@@ -1,0 +1,32 @@
+"""Registers the pack's nodes with ComfyUI (V3 extension)."""
+
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import ComfyExtension, io
+
+from ..instantid.paths import register_adapter_folder
+from .core_nodes import CORE_NODES
+
+log = logging.getLogger(__name__)
+
+register_adapter_folder()
+
+
+def _face_nodes() -> list[type[io.ComfyNode]]:
+    try:
+        from .face_nodes import FACE_NODES
+    except ImportError as exc:  # a broken optional dependency must not take the core nodes down
+        log.warning("InstantID face nodes unavailable: %s", exc)
+        return []
+    return FACE_NODES
+
+
+class InstantIDExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [*CORE_NODES, *_face_nodes()]
+
+
+async def comfy_entrypoint() -> InstantIDExtension:
+    return InstantIDExtension()

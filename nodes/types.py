@@ -1,0 +1,21 @@
+"""Custom ComfyUI socket types of the pack. Names are distinct from core's and other packs'
+(FACE_ANALYSIS, cubiq's INSTANTID/FACEANALYSIS) so their outputs can't be wired into ours by mistake."""
+
+from comfy_api.latest import io
+
+Adapter = io.Custom("INSTANTID_ADAPTER")
+Faces = io.Custom("INSTANTID_FACES")
+FaceAnalyzer = io.Custom("INSTANTID_FACE_ANALYZER")
+
+CATEGORY = "InstantID"
+
+COMBINE_TOOLTIP = (
+    "How several reference faces become one identity. average: mean of the raw embeddings (the authors' advice). "
+    "norm_average: each embedding normalised first, so no photo dominates, then rescaled to the mean length. "
+    "weighted: uses the per-image weights set on the face analysis node."
+)
+PLACEMENT_TOOLTIP = (
+    "Where the pose face's keypoints land when no keypoint image is given, drawn at the generation size. "
+    "cover: as if the photo were resized to fill the image and centre-cropped (the reference when aspects match). "
+    "contain: the whole photo fitted inside the image."
+)
