@@ -42,9 +42,7 @@ def image_to_rgb_uint8(image: torch.Tensor) -> np.ndarray:
     alpha is not premultiplied, so the colour channels are already the picture).
     """
     if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(
-            f"expected an image frame [H,W,C] with C in 1, 3, 4; got shape {tuple(image.shape)}."
-        )
+        raise ValueError(f"expected an image frame [H,W,C] with C in 1, 3, 4; got shape {tuple(image.shape)}.")
     array = image.detach().to("cpu", torch.float32).clamp(0, 1).numpy()
     array = np.round(array * 255.0).astype(np.uint8)
     if array.shape[-1] == 1:
@@ -60,9 +58,7 @@ def rgb_to_bgr(rgb: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- detection
 
 
-def detect_with_retry(
-    analyzer: FaceAnalyzer, bgr: np.ndarray
-) -> tuple[list[DetectedFace], str | None]:
+def detect_with_retry(analyzer: FaceAnalyzer, bgr: np.ndarray) -> tuple[list[DetectedFace], str | None]:
     """Detect faces; if none, retry at smaller sizes, then with black padding.
 
     Order: the analyzer's size, each of 640, 576, ..., 192 below it, then the
@@ -77,14 +73,10 @@ def detect_with_retry(
         if faces:
             return (
                 faces,
-                None
-                if size == analyzer.det_size
-                else f"found at detection size {size}",
+                None if size == analyzer.det_size else f"found at detection size {size}",
             )
     pad = round(PAD_FRACTION * max(bgr.shape[:2]))
-    padded = cv2.copyMakeBorder(
-        bgr, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0)
-    )
+    padded = cv2.copyMakeBorder(bgr, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
     offset = np.array([pad, pad], dtype=np.float32)
     for size in sizes:
         faces = analyzer.detect(padded, size)
@@ -104,36 +96,26 @@ def detect_with_retry(
 def reading_order(faces: list[DetectedFace]) -> list[DetectedFace]:
     """Faces in reading order: rows top to bottom, each row left to right.
 
-    Rule: sort by box centre y; a face starts a new row when its centre is
-    lower than the current row's first centre by at least half of the smaller
-    of the two box heights. Within a row, sort by box centre x.
+    Rule: faces are taken by box centre y; a face joins the current row when
+    its centre y lies within the vertical extent (top to bottom of the boxes)
+    of the faces already in that row, otherwise it starts a new row. Within a
+    row, faces are ordered by box centre x.
     """
-    if not faces:
-        return []
-
-    def centre(f: DetectedFace) -> tuple[float, float]:
-        return float(f.bbox[0] + f.bbox[2]) / 2, float(f.bbox[1] + f.bbox[3]) / 2
-
-    def height(f: DetectedFace) -> float:
-        return float(f.bbox[3] - f.bbox[1])
-
     rows: list[list[DetectedFace]] = []
-    for face in sorted(faces, key=lambda f: centre(f)[1]):
-        if rows:
-            first = rows[-1][0]
-            if (
-                centre(face)[1] - centre(first)[1]
-                < min(height(face), height(first)) / 2
-            ):
-                rows[-1].append(face)
-                continue
-        rows.append([face])
-    return [f for row in rows for f in sorted(row, key=lambda f: centre(f)[0])]
+    extent = (0.0, -1.0)
+    for face in sorted(faces, key=lambda f: float(f.bbox[1] + f.bbox[3])):
+        top, bottom = float(face.bbox[1]), float(face.bbox[3])
+        centre = (top + bottom) / 2
+        if rows and extent[0] <= centre <= extent[1]:
+            rows[-1].append(face)
+            extent = (min(extent[0], top), max(extent[1], bottom))
+        else:
+            rows.append([face])
+            extent = (top, bottom)
+    return [f for row in rows for f in sorted(row, key=lambda f: float(f.bbox[0] + f.bbox[2]))]
 
 
-def choose_face(
-    faces: list[DetectedFace], choice: str, index: int = 0
-) -> DetectedFace | None:
+def choose_face(faces: list[DetectedFace], choice: str, index: int = 0) -> DetectedFace | None:
     """The face to use: ``largest`` bbox area (the reference), ``score`` (highest
     detection score) or ``index`` (0-based, in :func:`reading_order`). ``None``
     if there is no such face."""
@@ -154,13 +136,9 @@ def parse_weights(text: str | None, frame_count: int) -> tuple[float, ...] | Non
     if text is None or not text.strip():
         return None
     try:
-        weights = tuple(
-            float(part) for part in text.replace(";", ",").split(",") if part.strip()
-        )
+        weights = tuple(float(part) for part in text.replace(";", ",").split(",") if part.strip())
     except ValueError as exc:
-        raise ValueError(
-            f"weights must be numbers separated by commas, like '1.0, 0.5'; got {text!r}."
-        ) from exc
+        raise ValueError(f"weights must be numbers separated by commas, like '1.0, 0.5'; got {text!r}.") from exc
     if len(weights) != frame_count:
         raise ValueError(
             f"got {len(weights)} weight(s) for {frame_count} image(s); give exactly one weight per image "
@@ -174,9 +152,7 @@ def parse_weights(text: str | None, frame_count: int) -> tuple[float, ...] | Non
 # ---------------------------------------------------------------- preview
 
 
-def draw_preview(
-    rgb: np.ndarray, faces: list[DetectedFace], chosen: DetectedFace | None
-) -> np.ndarray:
+def draw_preview(rgb: np.ndarray, faces: list[DetectedFace], chosen: DetectedFace | None) -> np.ndarray:
     """RGB uint8 copy with every face boxed and numbered in reading order (the
     number the ``index`` choice uses), the chosen face in green, others grey,
     and the 5 keypoints in the keypoint-image colours."""
@@ -209,9 +185,7 @@ def draw_preview(
             thick,
         )
         for (x, y), kp_colour in zip(face.keypoints, KEYPOINT_COLOURS):
-            cv2.circle(
-                canvas, (round(float(x)), round(float(y))), thick + 1, kp_colour, -1
-            )
+            cv2.circle(canvas, (round(float(x)), round(float(y))), thick + 1, kp_colour, -1)
     return canvas
 
 
@@ -264,9 +238,7 @@ def analyze(
     if choice not in CHOICES:
         raise ValueError(f"Unknown face choice {choice!r}; expected one of {CHOICES}.")
     if policy not in POLICIES:
-        raise ValueError(
-            f"Unknown no-face policy {policy!r}; expected one of {POLICIES}."
-        )
+        raise ValueError(f"Unknown no-face policy {policy!r}; expected one of {POLICIES}.")
     if images.ndim == 3:
         images = images.unsqueeze(0)
     frame_count = int(images.shape[0])

@@ -113,9 +113,7 @@ def insightface_roots() -> list[Path]:
 
 
 def _has_onnx(folder: Path) -> bool:
-    return folder.is_dir() and any(
-        p.suffix.lower() == ".onnx" for p in folder.iterdir()
-    )
+    return folder.is_dir() and any(p.suffix.lower() == ".onnx" for p in folder.iterdir())
 
 
 def _pack_candidates(root: Path, pack: str) -> list[Path]:
@@ -183,28 +181,18 @@ def locate_pack(pack: str, roots: list[Path] | None = None) -> PackLocation:
                         folder,
                         folder.parent,
                     )
-                return PackLocation(
-                    pack, folder, nested, folder / needed[0], folder / needed[1]
-                )
+                return PackLocation(pack, folder, nested, folder / needed[0], folder / needed[1])
             incomplete.append((folder, missing))
     if incomplete:
         folder, missing = incomplete[0]
-        described = ", ".join(
-            f"{m} ({FILE_NOTES[m]})" if m in FILE_NOTES else m for m in missing
-        )
+        described = ", ".join(f"{m} ({FILE_NOTES[m]})" if m in FILE_NOTES else m for m in missing)
         raise FaceModelsError(
             f"insightface model pack '{pack}' is incomplete in {folder}: missing {described}. "
             f"Put the missing file(s) in that folder (InstantID needs {' and '.join(needed or ())})."
         )
     expected = ", ".join(needed) if needed else "the pack's .onnx files"
-    where = (
-        "; ".join(str(p) for p in searched) or "(no insightface folder is registered)"
-    )
-    first = (
-        roots[0] / "models" / pack
-        if roots
-        else Path("models/insightface/models") / pack
-    )
+    where = "; ".join(str(p) for p in searched) or "(no insightface folder is registered)"
+    first = roots[0] / "models" / pack if roots else Path("models/insightface/models") / pack
     raise FaceModelsError(
         f"insightface model pack '{pack}' not found. Looked in: {where}. "
         f"Put {expected} in {first} (or add an `insightface:` entry to extra_model_paths.yaml "
@@ -264,8 +252,7 @@ def import_insightface() -> Any:
             importlib.import_module(module)
         except Exception as exc:  # ImportError, or a DLL/ABI error raised as OSError
             raise InsightFaceUnavailableError(
-                f"InstantID face analysis needs `{module}`, which could not be imported ({type(exc).__name__}: "
-                f"{exc}). {INSTALL_HINT}"
+                f"InstantID face analysis needs `{module}`, which could not be imported ({type(exc).__name__}: {exc}). {INSTALL_HINT}"
             ) from exc
     import insightface
 
@@ -287,7 +274,7 @@ def _make_model(path: Path, providers: list[str]) -> Any:
 # ---------------------------------------------------------------- analyzer
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DetectedFace:
     """One detector hit in source pixels: bbox ``[4]`` x1,y1,x2,y2, keypoints ``[5,2]``, score."""
 
@@ -297,9 +284,7 @@ class DetectedFace:
 
     @property
     def area(self) -> float:
-        return max(0.0, float(self.bbox[2] - self.bbox[0])) * max(
-            0.0, float(self.bbox[3] - self.bbox[1])
-        )
+        return max(0.0, float(self.bbox[2] - self.bbox[0])) * max(0.0, float(self.bbox[3] - self.bbox[1]))
 
 
 class FaceAnalyzer:
@@ -329,9 +314,7 @@ class FaceAnalyzer:
     def __repr__(self) -> str:
         return f"FaceAnalyzer(pack={self.pack!r}, det_size={self.det_size}, provider={self.provider!r})"
 
-    def detect(
-        self, bgr: np.ndarray, det_size: int | None = None
-    ) -> list[DetectedFace]:
+    def detect(self, bgr: np.ndarray, det_size: int | None = None) -> list[DetectedFace]:
         """Faces in a BGR uint8 ``[H,W,3]`` image, detected at ``det_size`` (square), best score first."""
         size = int(det_size or self.det_size)
         boxes, kps = self.detector.detect(bgr, input_size=(size, size))
@@ -369,20 +352,14 @@ def load_analyzer(
 ) -> FaceAnalyzer:
     """Load the detector and recognizer of ``pack`` for ``provider`` (CPU fallback always listed)."""
     if det_size < 64 or det_size % 32:
-        raise ValueError(
-            f"detection size must be a multiple of 32, at least 64 (got {det_size})."
-        )
-    location = locate_pack(
-        pack, roots
-    )  # before any import: a missing pack never triggers a download
+        raise ValueError(f"detection size must be a multiple of 32, at least 64 (got {det_size}).")
+    location = locate_pack(pack, roots)  # before any import: a missing pack never triggers a download
     import_insightface()
     conflict = onnxruntime_conflict()
     if conflict:
         log.warning("InstantID: %s", conflict)
     if provider not in PROVIDERS:
-        raise ValueError(
-            f"Unknown execution provider {provider!r}; expected one of {list(PROVIDERS)}."
-        )
+        raise ValueError(f"Unknown execution provider {provider!r}; expected one of {list(PROVIDERS)}.")
     if provider not in available_providers():
         log.warning(
             "InstantID: onnxruntime does not offer %s here (it reports %s); using CPU.",
@@ -390,9 +367,7 @@ def load_analyzer(
             ", ".join(available_providers()),
         )
         provider = "CPU"
-    providers = [PROVIDERS[provider]] + (
-        [] if provider == "CPU" else ["CPUExecutionProvider"]
-    )
+    providers = [PROVIDERS[provider]] + ([] if provider == "CPU" else ["CPUExecutionProvider"])
     detector, recognizer = _load_pair(location, providers)
     active = detector.session.get_providers()
     if PROVIDERS[provider] not in active:

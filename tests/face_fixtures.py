@@ -101,9 +101,9 @@ def face_analyzer(face_pack_root):
 
 @pytest.fixture
 def painted_faces(face_analyzer):
-    """(IMAGE ``[1,512,512,3]`` with one face at x=200, y=150, 80x100; its FACES value)."""
+    """(IMAGE ``[1,512,512,3]`` with one face at x=200, y=150, 64x80 px; its FACES value)."""
     from instantid import face_analysis
 
-    image = paint_face(blank_images(), 200, 150, 80, 100)
+    image = paint_face(blank_images(), 200, 150, 64, 80)
     faces, _ = face_analysis.analyze(image, face_analyzer)
     return image, faces
