@@ -184,7 +184,7 @@ def draw_preview(rgb: np.ndarray, faces: list[DetectedFace], chosen: DetectedFac
             colour,
             thick,
         )
-        for (x, y), kp_colour in zip(face.keypoints, KEYPOINT_COLOURS):
+        for (x, y), kp_colour in zip(face.keypoints, KEYPOINT_COLOURS, strict=True):
             cv2.circle(canvas, (round(float(x)), round(float(y))), thick + 1, kp_colour, -1)
     return canvas
 

@@ -252,7 +252,8 @@ def import_insightface() -> Any:
             importlib.import_module(module)
         except Exception as exc:  # ImportError, or a DLL/ABI error raised as OSError
             raise InsightFaceUnavailableError(
-                f"InstantID face analysis needs `{module}`, which could not be imported ({type(exc).__name__}: {exc}). {INSTALL_HINT}"
+                f"InstantID face analysis needs the `{dist}` package (module `{module}`), which could not be imported "
+                f"({type(exc).__name__}: {exc}). {INSTALL_HINT}"
             ) from exc
     import insightface
 

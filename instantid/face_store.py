@@ -66,20 +66,13 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
 def faces_to_arrays(faces: Faces) -> dict[str, np.ndarray]:
     """The tensors of the file format (see the module docstring)."""
     n = len(faces.frames)
-    arrays = {
-        name: np.zeros((n, *shape), dtype=dtype)
-        for name, (shape, dtype) in _SHAPES.items()
-    }
+    arrays = {name: np.zeros((n, *shape), dtype=dtype) for name, (shape, dtype) in _SHAPES.items()}
     for i, record in enumerate(faces.frames):
         if record is None:
             continue
         arrays["bbox"][i] = np.asarray(record.bbox, dtype=np.float32).reshape(4)
-        arrays["keypoints"][i] = np.asarray(record.keypoints, dtype=np.float32).reshape(
-            NUM_KEYPOINTS, 2
-        )
-        arrays["embedding"][i] = np.asarray(record.embedding, dtype=np.float32).reshape(
-            EMBEDDING_DIM
-        )
+        arrays["keypoints"][i] = np.asarray(record.keypoints, dtype=np.float32).reshape(NUM_KEYPOINTS, 2)
+        arrays["embedding"][i] = np.asarray(record.embedding, dtype=np.float32).reshape(EMBEDDING_DIM)
         arrays["score"][i] = float(record.score)
         arrays["source_size"][i] = [int(v) for v in record.source_size]
         arrays["present"][i] = 1
@@ -100,13 +93,9 @@ def save_faces(faces: Faces, path: str | os.PathLike) -> Path:
         "model_pack": faces.model_pack,
         "frame_count": str(len(faces.frames)),
         "no_face_policy": faces.no_face_policy,
-        "weights": ""
-        if faces.weights is None
-        else json.dumps([float(w) for w in faces.weights]),
+        "weights": "" if faces.weights is None else json.dumps([float(w) for w in faces.weights]),
         "notes": json.dumps(list(faces.notes)),
-        "source_sizes": json.dumps(
-            [None if r is None else list(r.source_size) for r in faces.frames]
-        ),
+        "source_sizes": json.dumps([None if r is None else list(r.source_size) for r in faces.frames]),
         "sha256": _checksum(arrays),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,9 +109,7 @@ def load_faces(path: str | os.PathLike) -> Faces:
 
     path = Path(path)
     if not path.is_file():
-        raise FaceFileError(
-            f"saved-face file {path} does not exist. Save one with the InstantID Save Face node."
-        )
+        raise FaceFileError(f"saved-face file {path} does not exist. Save one with the InstantID Save Face node.")
 
     def refuse(problem: str) -> FaceFileError:
         return FaceFileError(
@@ -138,31 +125,21 @@ def load_faces(path: str | os.PathLike) -> Faces:
         raise refuse(f"it cannot be read as safetensors ({exc})") from exc
 
     if metadata.get("format") != FORMAT:
-        raise refuse(
-            f"metadata 'format' is {metadata.get('format')!r}, expected {FORMAT!r}"
-        )
+        raise refuse(f"metadata 'format' is {metadata.get('format')!r}, expected {FORMAT!r}")
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise refuse(
-            f"format version {metadata.get('format_version')!r} is not supported (this pack reads {FORMAT_VERSION!r})"
-        )
+        raise refuse(f"format version {metadata.get('format_version')!r} is not supported (this pack reads {FORMAT_VERSION!r})")
     if set(arrays) != set(_SHAPES):
         raise refuse(f"tensors {sorted(arrays)} found, expected {sorted(_SHAPES)}")
     try:
         n = int(metadata.get("frame_count", ""))
     except ValueError as exc:
-        raise refuse(
-            f"frame_count {metadata.get('frame_count')!r} is not a number"
-        ) from exc
+        raise refuse(f"frame_count {metadata.get('frame_count')!r} is not a number") from exc
     for name, (shape, dtype) in _SHAPES.items():
         array = arrays[name]
         if array.shape != (n, *shape) or array.dtype != dtype:
-            raise refuse(
-                f"tensor '{name}' is {array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}{[n, *shape]}"
-            )
+            raise refuse(f"tensor '{name}' is {array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}{[n, *shape]}")
     if _checksum(arrays) != metadata.get("sha256"):
-        raise refuse(
-            "its tensors do not match the checksum stored with them (the values were edited)"
-        )
+        raise refuse("its tensors do not match the checksum stored with them (the values were edited)")
     weights = None
     try:
         if metadata.get("weights"):
@@ -171,9 +148,7 @@ def load_faces(path: str | os.PathLike) -> Faces:
     except (ValueError, TypeError) as exc:
         raise refuse(f"metadata weights/notes are not valid JSON ({exc})") from exc
     if metadata.get("no_face_policy", "error") not in ("error", "skip", "pass_through"):
-        raise refuse(
-            f"no_face_policy {metadata.get('no_face_policy')!r} is not one of error, skip, pass_through"
-        )
+        raise refuse(f"no_face_policy {metadata.get('no_face_policy')!r} is not one of error, skip, pass_through")
     if weights is not None and len(weights) != n:
         raise refuse(f"{len(weights)} weights stored for {n} frames")
     if not np.isin(arrays["present"], (0, 1)).all():

@@ -43,12 +43,10 @@ def draw_keypoints(points: np.ndarray, width: int, height: int) -> np.ndarray:
         length = math.hypot(xa - xb, ya - yb)
         angle = math.degrees(math.atan2(ya - yb, xa - xb))
         centre = (int((xa + xb) / 2), int((ya + yb) / 2))
-        polygon = cv2.ellipse2Poly(
-            centre, (int(length / 2), STICK_WIDTH), int(angle), 0, 360, 1
-        )
+        polygon = cv2.ellipse2Poly(centre, (int(length / 2), STICK_WIDTH), int(angle), 0, 360, 1)
         cv2.fillConvexPoly(canvas, polygon, COLOURS[a])
     canvas = (canvas * LIMB_DIM).astype(np.uint8)
-    for (x, y), colour in zip(points, COLOURS):
+    for (x, y), colour in zip(points, COLOURS, strict=True):
         cv2.circle(canvas, (int(x), int(y)), POINT_RADIUS, colour, -1)
     return canvas
 
@@ -79,14 +77,10 @@ def place_keypoints(
         return points * scale + offset
     if placement == "box":
         if box is None:
-            raise ValueError(
-                "placement 'box' needs a box (x, y, w, h) as fractions of the canvas."
-            )
+            raise ValueError("placement 'box' needs a box (x, y, w, h) as fractions of the canvas.")
         bx, by, bw, bh = (float(v) for v in box)
         if bw <= 0 or bh <= 0:
-            raise ValueError(
-                f"box width and height must be positive fractions; got {box}."
-            )
+            raise ValueError(f"box width and height must be positive fractions; got {box}.")
         x1, y1, x2, y2 = (float(v) for v in record.bbox)
         face_w, face_h = max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)
         target_w, target_h = bw * width, bh * height
@@ -98,9 +92,7 @@ def place_keypoints(
             ]
         )
         return (points - np.array([x1, y1])) * scale + origin
-    raise ValueError(
-        f"Unknown keypoint placement {placement!r}; expected one of {PLACEMENTS}."
-    )
+    raise ValueError(f"Unknown keypoint placement {placement!r}; expected one of {PLACEMENTS}.")
 
 
 def keypoint_images(

@@ -35,9 +35,7 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / denominator)
 
 
-def face_similarity(
-    faces: Faces, images: torch.Tensor, analyzer: FaceAnalyzer, combine: str = "average"
-) -> list[float]:
+def face_similarity(faces: Faces, images: torch.Tensor, analyzer: FaceAnalyzer, combine: str = "average") -> list[float]:
     """Per-image cosine similarity between ``faces``' identity and the largest face in each image.
 
     images: ``[B,H,W,C]`` float 0..1. Returns ``B`` floats; :data:`NO_FACE`
@@ -59,22 +57,13 @@ def face_similarity(
         if chosen is None:
             scores.append(NO_FACE)
             continue
-        scores.append(
-            cosine_similarity(identity, analyzer.embed(bgr, chosen.keypoints))
-        )
+        scores.append(cosine_similarity(identity, analyzer.embed(bgr, chosen.keypoints)))
     return scores
 
 
 def describe_scores(scores: list[float]) -> str:
     """One line per image, e.g. ``image 1: 0.873`` or ``image 2: no face``, plus the mean."""
-    lines = [
-        f"image {i + 1}: {'no face' if math.isnan(s) else f'{s:.3f}'}"
-        for i, s in enumerate(scores)
-    ]
+    lines = [f"image {i + 1}: {'no face' if math.isnan(s) else f'{s:.3f}'}" for i, s in enumerate(scores)]
     found = [s for s in scores if not math.isnan(s)]
-    lines.append(
-        f"mean: {sum(found) / len(found):.3f}"
-        if found
-        else "mean: no face in any image"
-    )
+    lines.append(f"mean: {sum(found) / len(found):.3f}" if found else "mean: no face in any image")
     return "\n".join(lines)

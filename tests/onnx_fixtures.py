@@ -59,17 +59,11 @@ class _Graph:
 
     def op(self, op_type: str, inputs: list[str], **attrs) -> str:
         out = self.name(op_type.lower())
-        self.nodes.append(
-            helper.make_node(
-                op_type, inputs, [out], name=f"n{self._n}_{op_type.lower()}", **attrs
-            )
-        )
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"n{self._n}_{op_type.lower()}", **attrs))
         return out
 
     def op_to(self, op_type: str, inputs: list[str], output: str, **attrs) -> str:
-        self.nodes.append(
-            helper.make_node(op_type, inputs, [output], name=f"out_{output}", **attrs)
-        )
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=f"out_{output}", **attrs))
         return output
 
 
@@ -167,15 +161,9 @@ def build_detector(path: Path) -> Path:
         top = _window_sum(g, cover, horizontal=False, before=True)
         bottom = _window_sum(g, cover, horizontal=False, before=False)
         interior = _clip01(g, _affine(g, cover, 100.0, -97.0))
-        fits_w = _clip01(
-            g, _affine(g, g.op("Add", [left, right]), -4.0, 4.0 * MAX_FACE_CELLS)
-        )
-        fits_h = _clip01(
-            g, _affine(g, g.op("Add", [top, bottom]), -4.0, 4.0 * MAX_FACE_CELLS)
-        )
-        score = g.op(
-            "Mul", [g.op("Mul", [interior, value]), g.op("Mul", [fits_w, fits_h])]
-        )
+        fits_w = _clip01(g, _affine(g, g.op("Add", [left, right]), -4.0, 4.0 * MAX_FACE_CELLS))
+        fits_h = _clip01(g, _affine(g, g.op("Add", [top, bottom]), -4.0, 4.0 * MAX_FACE_CELLS))
+        score = g.op("Mul", [g.op("Mul", [interior, value]), g.op("Mul", [fits_w, fits_h])])
         if stride != ACTIVE_STRIDE:
             score = g.op("Mul", [score, g.const(0.0)])
         dist = g.op("Concat", [left, top, right, bottom], axis=1)
@@ -184,24 +172,13 @@ def build_detector(path: Path) -> Path:
         bbox_out.append(_flatten_anchors(g, dist, 4, f"bbox_{stride}"))
         kps_out.append(_flatten_anchors(g, kps, 10, f"kps_{stride}"))
 
-    outputs = [
-        helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 1])
-        for n in scores_out
-    ]
-    outputs += [
-        helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 4]) for n in bbox_out
-    ]
-    outputs += [
-        helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 10]) for n in kps_out
-    ]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 1]) for n in scores_out]
+    outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 4]) for n in bbox_out]
+    outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 10]) for n in kps_out]
     graph = helper.make_graph(
         g.nodes,
         "painted_face_detector",
-        [
-            helper.make_tensor_value_info(
-                "input.1", TensorProto.FLOAT, [1, 3, "height", "width"]
-            )
-        ],
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "height", "width"])],
         outputs,
         g.inits,
     )
@@ -221,11 +198,7 @@ def build_recognizer(path: Path, seed: int = 0) -> Path:
     graph = helper.make_graph(
         g.nodes,
         "painted_face_recognizer",
-        [
-            helper.make_tensor_value_info(
-                "input.1", TensorProto.FLOAT, ["N", 3, 112, 112]
-            )
-        ],
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
         [helper.make_tensor_value_info(feat, TensorProto.FLOAT, ["N", 512])],
         g.inits,
     )

@@ -1,4 +1,5 @@
 """Face analysis with the real insightface 0.7.3 and synthetic ONNX models: choice, policies, retries, plumbing."""
+# ruff: noqa: F811  (pytest fixtures imported from face_fixtures are redefined as arguments)
 
 from __future__ import annotations
 
