@@ -13,8 +13,16 @@ from pathlib import Path
 
 import folder_paths
 import pytest
-from face_fixtures import blank_images, build_model_pack, face_analyzer, face_pack_root, paint_face  # noqa: F401
+from face_fixtures import (  # noqa: F401
+    blank_images,
+    build_model_pack,
+    face_analyzer,
+    face_pack_root,
+    paint_face,
+    register_insightface_root,
+)
 
+import nodes as comfy_nodes
 from instantid import face_analysis, face_models
 
 PACK_DIR = Path(__file__).resolve().parent.parent
@@ -33,9 +41,13 @@ def test_default_folder_registered_when_pack_loads():
     assert os.path.join(folder_paths.models_dir, "insightface") in folder_paths.get_folder_paths("insightface")
 
 
-def test_pack_found_through_registered_extra_path(face_pack_root):
-    assert Path(folder_paths.get_folder_paths("insightface")[-1]) == face_pack_root
-    assert face_models.find_packs()["antelopev2"] == face_pack_root / "models" / "antelopev2"
+def test_pack_found_through_registered_extra_path(tmp_path):
+    build_model_pack(tmp_path, pack="extra_pack")
+    register_insightface_root(tmp_path)  # what an `insightface:` entry in extra_model_paths.yaml does
+    assert str(tmp_path) in folder_paths.get_folder_paths("insightface")
+    assert face_models.find_packs()["extra_pack"] == tmp_path / "models" / "extra_pack"
+    loader = comfy_nodes.NODE_CLASS_MAPPINGS["InstantIDFaceAnalyzerLoader"]
+    assert "extra_pack" in loader.define_schema().inputs[0].options
 
 
 def test_nested_zip_layout_is_used(tmp_path):
