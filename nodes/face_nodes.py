@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 face_models.register_folder()
 face_store.register_folder()
+if conflict := face_models.onnxruntime_conflict():  # metadata only: cheap, and users see it at startup
+    log.warning("InstantID: %s", conflict)
 
 
 def _pack_options() -> list[str]:
