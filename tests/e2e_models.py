@@ -1,0 +1,63 @@
+"""Every model a full InstantID graph needs, tiny and real-layout, written into ComfyUI's models folders.
+
+Stock ComfyUI loaders (UNETLoader, ControlNetLoader, VAELoader 'taesdxl') and
+the pack's loaders then find them by name, as they would a user's files.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from face_fixtures import blank_images, build_model_pack, paint_face
+from PIL import Image
+from tiny_models import build_all, randomize_, register_tiny_sdxl
+
+
+@dataclass(frozen=True)
+class GraphModels:
+    base: Path
+    unet_name: str
+    controlnet_name: str
+    sd15_unet_name: str
+    sd15_controlnet_name: str
+    adapter_name: str
+    face_image: Path  # a PNG with one painted face, in <base>/input
+
+
+def _write_taesdxl(models: Path) -> None:
+    """Random TAESD-XL in ComfyUI's vae_approx layout: a real (tiny) VAE for decoding in graphs."""
+    from comfy.taesd.taesd import TAESD
+    from safetensors.torch import save_file
+
+    taesd = TAESD()
+    randomize_(taesd.taesd_encoder, seed=5, gain=0.5)
+    randomize_(taesd.taesd_decoder, seed=6, gain=0.5)
+    folder = models / "vae_approx"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in taesd.taesd_encoder.state_dict().items()}, str(folder / "taesdxl_encoder.safetensors"))
+    save_file({k: v.contiguous() for k, v in taesd.taesd_decoder.state_dict().items()}, str(folder / "taesdxl_decoder.safetensors"))
+
+
+def face_photo(height: int = 256, width: int = 256) -> torch.Tensor:
+    """IMAGE [1,H,W,3] with one face the synthetic detector finds."""
+    return paint_face(blank_images(height, width), width // 4, height // 5, width // 2, height * 3 // 5)
+
+
+@functools.lru_cache(maxsize=None)
+def write_graph_models(base: str) -> GraphModels:
+    base_path = Path(base)
+    register_tiny_sdxl()
+    files = build_all(base)
+    models = base_path / "models"
+    build_model_pack(models / "insightface")
+    _write_taesdxl(models)
+    photo = base_path / "input" / "face.png"
+    photo.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((face_photo()[0].numpy() * 255).round().astype(np.uint8)).save(photo)
+    return GraphModels(base=base_path, unet_name=files.sdxl_unet.name, controlnet_name=files.sdxl_controlnet.name,
+                       sd15_unet_name=files.sd15_unet.name, sd15_controlnet_name=files.sd15_controlnet.name,
+                       adapter_name=files.adapter_bin.name, face_image=photo)

@@ -1,0 +1,139 @@
+"""Whole InstantID graphs through real ComfyUI nodes in-process: loaders -> face analysis -> Apply -> KSampler -> VAE."""
+
+from __future__ import annotations
+
+import nodes as comfy_nodes
+import pytest
+import torch
+from e2e_models import face_photo, write_graph_models
+
+N = comfy_nodes.NODE_CLASS_MAPPINGS
+
+
+def _v3(node_id, **kwargs):
+    return N[node_id].execute(**kwargs).args
+
+
+@pytest.fixture(scope="module")
+def graph(base_dir):
+    models = write_graph_models(str(base_dir))
+    unet = N["UNETLoader"]().load_unet(models.unet_name, "default")[0]
+    control_net = N["ControlNetLoader"]().load_controlnet(models.controlnet_name)[0]
+    vae = N["VAELoader"]().load_vae("taesdxl")[0]
+    adapter = _v3("InstantIDLoader", instantid_file=models.adapter_name)[0]
+    analyzer = _v3("InstantIDFaceAnalyzerLoader", model_pack="antelopev2", provider="CPU", det_size=640)[0]
+    faces, preview = _v3("InstantIDFaceAnalyze", face_analyzer=analyzer, image=face_photo(), face_choice="largest",
+                         face_index=0, no_face_policy="error", weights="")
+    gen = torch.Generator().manual_seed(1)
+    opts = {"width": 128, "height": 128}
+    positive = [[torch.randn(1, 77, 2048, generator=gen), {"pooled_output": torch.randn(1, 1280, generator=gen), **opts}]]
+    negative = [[torch.randn(1, 77, 2048, generator=gen), {"pooled_output": torch.randn(1, 1280, generator=gen), **opts}]]
+    return dict(models=models, unet=unet, control_net=control_net, vae=vae, adapter=adapter, analyzer=analyzer,
+                faces=faces, positive=positive, negative=negative)
+
+
+def _apply(g, model=None, **overrides):
+    args = dict(model=model or g["unet"], positive=g["positive"], negative=g["negative"], instantid=g["adapter"],
+                control_net=g["control_net"], faces=g["faces"], ip_weight=0.8, cn_strength=0.8, start_at=0.0, end_at=1.0,
+                combine="average", placement="cover")
+    args.update(overrides)
+    return _v3("InstantIDApply", **args)
+
+
+def _sample(model, positive, negative, seed=7, steps=2):
+    latent = N["EmptyLatentImage"]().generate(128, 128, 1)[0]
+    return N["KSampler"]().sample(model, seed, steps, 5.0, "euler", "normal", positive, negative, latent)[0]["samples"]
+
+
+def test_full_graph_samples_and_decodes(graph):
+    model, positive, negative = _apply(graph)
+    samples = _sample(model, positive, negative)
+    image = N["VAEDecode"]().decode(graph["vae"], {"samples": samples})[0]
+    assert samples.shape == (1, 4, 16, 16) and torch.isfinite(samples).all()
+    assert image.shape == (1, 128, 128, 3) and torch.isfinite(image).all()
+
+
+def test_identity_changes_the_result_and_zero_strength_does_not(graph):
+    plain = _sample(graph["unet"], graph["positive"], graph["negative"])
+    model, positive, negative = _apply(graph)
+    with_id = _sample(model, positive, negative)
+    assert (with_id - plain).abs().max() > 1e-3
+    model0, positive0, negative0 = _apply(graph, ip_weight=0.0, cn_strength=0.0)
+    assert torch.equal(_sample(model0, positive0, negative0), plain)
+
+
+def test_same_seed_same_output_and_global_rng_untouched(graph):
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    model, positive, negative = _apply(graph)
+    assert torch.equal(torch.get_rng_state(), state), "Apply InstantID touched torch's global RNG"
+    # KSampler itself reseeds the global RNG for its noise; InstantID must consume nothing beyond that.
+    _sample(graph["unet"], graph["positive"], graph["negative"])
+    after_plain = torch.get_rng_state()
+    torch.set_rng_state(state)
+    first = _sample(model, positive, negative)
+    assert torch.equal(torch.get_rng_state(), after_plain), "sampling with InstantID consumed global randomness"
+    again_model, again_pos, again_neg = _apply(graph)
+    assert torch.equal(_sample(again_model, again_pos, again_neg), first)
+
+
+def test_apply_does_not_mutate_inputs_and_rerun_does_not_accumulate(graph):
+    import copy
+
+    unet = graph["unet"]
+    before_options = copy.deepcopy(unet.model_options)
+    positive_before = [[t, dict(d)] for t, d in graph["positive"]]
+    results = []
+    for _ in range(3):
+        model, positive, negative = _apply(graph)
+        results.append(_sample(model, positive, negative))
+    assert unet.model_options == before_options
+    assert [d for _, d in graph["positive"]] == [d for _, d in positive_before]
+    assert "control" not in graph["positive"][0][1]
+    assert all(torch.equal(r, results[0]) for r in results)
+
+
+def test_exactly_70_face_attention_calls_per_forward(graph):
+    from instantid.attention import FaceAttentionPatch
+
+    model, positive, negative = _apply(graph)
+    calls = []
+    original = FaceAttentionPatch.__call__
+
+    def counting(self, q, k, v, extra_options):
+        calls.append(self.key)
+        return original(self, q, k, v, extra_options)
+
+    FaceAttentionPatch.__call__ = counting
+    try:
+        _sample(model, positive, negative, steps=1)
+    finally:
+        FaceAttentionPatch.__call__ = original
+    assert len(calls) == 70 and len(set(calls)) == 70
+    assert {("middle", 0, i) for i in range(10)} <= set(calls)
+
+
+def test_pass_through_policy_returns_inputs_unchanged(graph):
+    blank = torch.full((1, 64, 64, 3), 0.15)
+    faces, _ = _v3("InstantIDFaceAnalyze", face_analyzer=graph["analyzer"], image=blank, face_choice="largest",
+                   face_index=0, no_face_policy="pass_through", weights="")
+    model, positive, negative = _apply(graph, faces=faces)
+    assert model is graph["unet"] and positive is graph["positive"] and negative is graph["negative"]
+    from instantid.errors import InstantIDError
+
+    faces_err, _ = _v3("InstantIDFaceAnalyze", face_analyzer=graph["analyzer"], image=blank, face_choice="largest",
+                       face_index=0, no_face_policy="skip", weights="")
+    with pytest.raises((InstantIDError, ValueError), match="no face"):
+        _apply(graph, faces=faces_err)
+
+
+def test_wrong_model_and_wrong_controlnet_are_refused_cleanly(graph):
+    from instantid.errors import ControlNetMismatchError, ModelMismatchError
+
+    sd15 = N["UNETLoader"]().load_unet(graph["models"].sd15_unet_name, "default")[0]
+    with pytest.raises(ModelMismatchError, match="SDXL models only"):
+        _apply(graph, model=sd15)
+    sd15_cn = N["ControlNetLoader"]().load_controlnet(graph["models"].sd15_controlnet_name)[0]
+    with pytest.raises(ControlNetMismatchError, match="768-wide"):
+        _apply(graph, control_net=sd15_cn)
+    assert "control" not in graph["positive"][0][1]
