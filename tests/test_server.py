@@ -1,19 +1,54 @@
-"""The pack inside a real ComfyUI server process: nodes listed by /object_info."""
+"""The pack inside a real ComfyUI server process: /object_info lists the nodes, an API-format workflow completes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from e2e_models import write_graph_models
+from PIL import Image
 
 pytestmark = pytest.mark.server
+HOST_PACK = Path(__file__).resolve().parent / "host_pack"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from server import Server
 
-    srv = Server(tmp_path_factory.mktemp("server-base"))
+    base = tmp_path_factory.mktemp("server-base")
+    models = write_graph_models(str(base))
+    srv = Server(base, extra_packs=[HOST_PACK])
+    srv.models = models
     yield srv
     srv.stop()
+
+
+def api_workflow(models, seed: int = 3, size: int = 128, ip_weight: float = 0.8) -> dict:
+    """The basic InstantID graph in API format, with the tiny test models and a text-free conditioning node."""
+    return {
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": models.unet_name, "weight_dtype": "default"}},
+        "adapter": {"class_type": "InstantIDLoader", "inputs": {"instantid_file": models.adapter_name}},
+        "cn": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": models.controlnet_name}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "taesdxl"}},
+        "photo": {"class_type": "LoadImage", "inputs": {"image": models.face_image.name}},
+        "analyzer": {"class_type": "InstantIDFaceAnalyzerLoader", "inputs": {"model_pack": "antelopev2", "provider": "CPU", "det_size": 640}},
+        "faces": {"class_type": "InstantIDFaceAnalyze", "inputs": {"face_analyzer": ["analyzer", 0], "image": ["photo", 0],
+                                                                    "face_choice": "largest", "face_index": 0,
+                                                                    "no_face_policy": "error", "weights": ""}},
+        "pos": {"class_type": "InstantIDTestConditioning", "inputs": {"seed": 1, "width": size, "height": size}},
+        "neg": {"class_type": "InstantIDTestConditioning", "inputs": {"seed": 2, "width": size, "height": size}},
+        "apply": {"class_type": "InstantIDApply", "inputs": {
+            "model": ["unet", 0], "positive": ["pos", 0], "negative": ["neg", 0], "instantid": ["adapter", 0],
+            "control_net": ["cn", 0], "faces": ["faces", 0], "ip_weight": ip_weight, "cn_strength": 0.8,
+            "start_at": 0.0, "end_at": 1.0, "combine": "average", "placement": "cover"}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "sampler": {"class_type": "KSampler", "inputs": {
+            "model": ["apply", 0], "positive": ["apply", 1], "negative": ["apply", 2], "latent_image": ["latent", 0],
+            "seed": seed, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["vae", 0]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": f"instantid_{seed}"}},
+    }
 
 
 def test_object_info_lists_the_nodes(server):
@@ -25,3 +60,29 @@ def test_object_info_lists_the_nodes(server):
     required = apply["input"]["required"]
     assert required["ip_weight"][1]["default"] == 0.8 and required["cn_strength"][1]["default"] == 0.8
     assert required["instantid"][0] == "INSTANTID_ADAPTER"
+    assert server.models.adapter_name in info["InstantIDLoader"]["input"]["required"]["instantid_file"][1]["options"]
+
+
+def _output_image(server, entry: dict) -> Path:
+    images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+    assert len(images) == 1, entry
+    return server.base / "output" / images[0].get("subfolder", "") / images[0]["filename"]
+
+
+def test_api_workflow_completes_with_image_of_the_right_size(server):
+    entry = server.run_prompt(api_workflow(server.models))
+    assert entry["status"]["status_str"] == "success", f"{entry['status']}\n{server.log_text()[-4000:]}"
+    path = _output_image(server, entry)
+    with Image.open(path) as img:
+        assert img.size == (128, 128)
+
+
+def test_bad_input_gives_a_node_error_and_the_server_keeps_serving(server):
+    bad = api_workflow(server.models)
+    bad["unet"]["inputs"]["unet_name"] = server.models.sd15_unet_name
+    entry = server.run_prompt(bad)
+    assert entry["status"]["status_str"] == "error"
+    messages = str(entry["status"].get("messages"))
+    assert "SDXL models only" in messages, messages
+    good = server.run_prompt(api_workflow(server.models, seed=4))
+    assert good["status"]["status_str"] == "success"
