@@ -202,7 +202,7 @@ def face_analysis_numbers(runs: int = 5) -> dict:
         root = Path(tempfile.mkdtemp(prefix="instantid-bench-faces-"))
         face_fixtures.build_model_pack(root)
         analyzer = face_models.load_analyzer(roots=[root])
-        image = face_fixtures.paint_face(face_fixtures.blank_images(512, 512), 150, 120, 200, 240)
+        image = face_fixtures.paint_face(face_fixtures.blank_images(512, 512), 200, 150, 64, 80)
         source = "synthetic test models (tests/onnx_fixtures.py)"
     calls = {"n": 0}
     for model in (analyzer.detector, analyzer.recognizer):

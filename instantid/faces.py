@@ -30,7 +30,7 @@ class FaceRecord:
 
     bbox: np.ndarray
     keypoints: np.ndarray
-    embedding: np.ndarray
+    embedding: np.ndarray = field(repr=False)
     score: float
     source_size: tuple[int, int]
 
