@@ -137,3 +137,18 @@ def test_wrong_model_and_wrong_controlnet_are_refused_cleanly(graph):
     with pytest.raises(ControlNetMismatchError, match="768-wide"):
         _apply(graph, control_net=sd15_cn)
     assert "control" not in graph["positive"][0][1]
+
+
+@pytest.mark.parametrize("weight_dtype", ["fp8_e4m3fn", "fp16"])
+def test_follows_the_model_dtype(graph, weight_dtype):
+    """Weights stored in fp8 (manual cast) or fp16: the face K/V follow the model's compute dtype."""
+    model = N["UNETLoader"]().load_unet(graph["models"].unet_name, weight_dtype)[0]
+    plain = _sample(model, graph["positive"], graph["negative"], steps=1)
+    patched, positive, negative = _apply(graph, model=model)
+    out = _sample(patched, positive, negative, steps=1)
+    reference, rpos, rneg = _apply(graph)
+    ref = _sample(reference, rpos, rneg, steps=1)
+    assert torch.isfinite(out).all()
+    assert (out - plain).abs().max() > 1e-3
+    # Same maths as the fp32 model up to the storage precision of the weights.
+    assert (out - ref).abs().max() < 0.25 * ref.abs().max()
