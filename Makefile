@@ -22,3 +22,9 @@ bench: env
 
 lint: env
 	$(PY) -m ruff check .
+
+models: env
+	$(PY) scripts/download_models.py
+
+doctor: env
+	$(PY) -m instantid.doctor
