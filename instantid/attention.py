@@ -152,10 +152,22 @@ class FaceAttention:
 class FaceAttentionPatch:
     """The attn2 replacement registered at one key; ``previous`` is what was there before (or None)."""
 
-    def __init__(self, face: FaceAttention, key: AttnKey, previous=None) -> None:
+    def __init__(self, face: FaceAttention, key: AttnKey, previous=None, added: tuple = ()) -> None:
         self.face = face
         self.key = key
         self.previous = previous
+        self.added = tuple(added)
+
+    def add(self, callback, **kwargs) -> None:
+        """The IP-Adapter family's chaining protocol: a pack applied after InstantID calls ``.add`` on what it finds.
+
+        Its ``callback(out, q, k, v, extra_options, **kwargs)`` is added to this
+        layer's output while ``sigma_end <= sigma <= sigma_start`` (from kwargs,
+        as that protocol does). Those packs call this on their own clone's copy
+        (ComfyUI deep-copies model_options on clone); the tuple is rebound, never
+        appended to, so no other copy of this patch ever sees the addition.
+        """
+        self.added = (*self.added, (callback, kwargs))
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         from comfy.ldm.modules.attention import optimized_attention
@@ -166,20 +178,30 @@ class FaceAttentionPatch:
         else:
             out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
         face = self.face
-        if not face.active(extra_options.get("sigmas")):
-            return out
-        cond_or_uncond = extra_options["cond_or_uncond"]
-        k_face, v_face = face.batch_kv(self.key, cond_or_uncond, q.shape[0], q.device, q.dtype)
-        face_out = optimized_attention(q, k_face, v_face, heads, attn_precision=extra_options.get("attn_precision"))
-        if face.mask is not None:
-            grid = _token_grid(extra_options, q.shape[1])
-            face_out = face_out * face.batch_mask(grid, cond_or_uncond, q.shape[0], q.device, q.dtype)
-        return out + face.weight * face_out
+        if face.active(extra_options.get("sigmas")):
+            cond_or_uncond = extra_options["cond_or_uncond"]
+            k_face, v_face = face.batch_kv(self.key, cond_or_uncond, q.shape[0], q.device, q.dtype)
+            face_out = optimized_attention(q, k_face, v_face, heads, attn_precision=extra_options.get("attn_precision"))
+            if face.mask is not None:
+                grid = _token_grid(extra_options, q.shape[1])
+                face_out = face_out * face.batch_mask(grid, cond_or_uncond, q.shape[0], q.device, q.dtype)
+            out = out + face.weight * face_out
+        if self.added:
+            out = self._run_added(out, q, k, v, extra_options)
+        return out
+
+    def _run_added(self, out, q, k, v, extra_options):
+        sigmas = extra_options.get("sigmas")
+        sigma = float(sigmas.detach()[0]) if sigmas is not None else float("inf")
+        for callback, kwargs in self.added:
+            if kwargs.get("sigma_end", float("-inf")) <= sigma <= kwargs.get("sigma_start", float("inf")):
+                out = out + callback(out, q, k, v, extra_options, **kwargs)
+        return out.to(q.dtype)
 
     # ComfyUI deep-copies model_options on every clone: share the face data,
     # copy only what another pack could have put in ``previous``.
     def __deepcopy__(self, memo):
-        return FaceAttentionPatch(self.face, self.key, copy.deepcopy(self.previous, memo))
+        return FaceAttentionPatch(self.face, self.key, copy.deepcopy(self.previous, memo), self.added)
 
     def to(self, device_or_dtype):
         """Called by ComfyUI when the UNet moves; dtype casts happen per call, caches follow the device."""
