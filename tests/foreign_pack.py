@@ -86,7 +86,7 @@ class ForeignAttn2Patch:
 
         out = optimized_attention(q, k, v, extra_options["n_heads"])
         sigma = float(extra_options["sigmas"].detach().cpu()[0]) if "sigmas" in extra_options else 1e9
-        for callback, kwargs in zip(self.callback, self.kwargs):
+        for callback, kwargs in zip(self.callback, self.kwargs, strict=True):
             if kwargs["sigma_end"] <= sigma <= kwargs["sigma_start"]:
                 out = out + callback(out, q, k, v, extra_options, **kwargs)
         return out.to(q.dtype)
@@ -165,7 +165,7 @@ def same(a, b) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 

@@ -5,7 +5,6 @@ Runs in-process through the real nodes (see conftest.py); the foreign pack is te
 
 from __future__ import annotations
 
-import nodes as comfy_nodes
 import pytest
 import torch
 from e2e_models import face_photo, write_graph_models
@@ -22,6 +21,8 @@ from foreign_pack import (
     same,
     snapshot,
 )
+
+import nodes as comfy_nodes
 
 N = comfy_nodes.NODE_CLASS_MAPPINGS
 SIZE = 64
@@ -116,10 +117,13 @@ def test_sampling_with_both_packs_in_either_order(g):
     foreign = _sample(g, apply_foreign(g["unet"]))
     foreign_then_ours = _sample(g, _attention(g, apply_foreign(g["unet"])))
     ours_then_foreign = _sample(g, apply_foreign(_attention(g, g["unet"])))
+    gap = float((ours_then_foreign - foreign_then_ours).abs().max())
     for alone in (plain, ours, foreign):
-        assert _differs(foreign_then_ours, alone) and _differs(ours_then_foreign, alone)
-    # Addition commutes: only float summation order differs between the two orders.
-    torch.testing.assert_close(ours_then_foreign, foreign_then_ours, atol=1e-4, rtol=1e-4)
+        for both in (foreign_then_ours, ours_then_foreign):
+            # Each contribution moves the result far more than the order of the two does.
+            assert float((both - alone).abs().max()) > 20 * gap + 1e-3
+    # Addition commutes: only float summation order differs between the two orders (amplified by 2 random-net steps).
+    assert gap < 1e-2 * float(foreign_then_ours.abs().max()), gap
 
 
 def test_foreign_patch_objects_and_upstream_options_are_not_mutated(g):
