@@ -251,6 +251,13 @@ def analyze(
     previews: list[np.ndarray] = []
     for i in range(frame_count):
         check_interrupted()
+        if not bool(torch.isfinite(images[i]).all()):
+            bad = int((~torch.isfinite(images[i])).sum())
+            raise ValueError(
+                f"InstantID Face Analyze: frame {i + 1} of {frame_count} has {bad} pixel value(s) that are NaN or "
+                "infinite (not finite), so it cannot be analysed. Fix the node that made this image (a failed decode, "
+                "an upscaler or a VAE in the wrong precision); the no-face policy does not apply to broken images."
+            )
         rgb = image_to_rgb_uint8(images[i])
         bgr = rgb_to_bgr(rgb)
         detected, retry_note = detect_with_retry(analyzer, bgr)
