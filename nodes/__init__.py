@@ -8,6 +8,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from ..instantid.paths import register_adapter_folder
 from .core_nodes import CORE_NODES
+from .doctor_node import DOCTOR_NODES
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def _face_nodes() -> list[type[io.ComfyNode]]:
 
 class InstantIDExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*CORE_NODES, *_face_nodes()]
+        return [*CORE_NODES, *_face_nodes(), *DOCTOR_NODES]
 
 
 async def comfy_entrypoint() -> InstantIDExtension:
