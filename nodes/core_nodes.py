@@ -68,6 +68,16 @@ class InstantIDLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, instantid_file: str) -> bool | str:
+        # ComfyUI (0.3.75) does not check V3 COMBO values against their options: without this,
+        # any string (a path such as '../../etc/passwd') reaches execute instead of failing at /prompt.
+        names = folder_paths.get_filename_list(ADAPTER_FOLDER)
+        if instantid_file not in names:
+            return (f"{instantid_file!r} is not an adapter file in models/instantid (available: "
+                    f"{', '.join(names) or 'none'}). Pick one from the list; put ip-adapter.bin in ComfyUI/models/instantid.")
+        return True
+
+    @classmethod
     def execute(cls, instantid_file: str) -> io.NodeOutput:
         return io.NodeOutput(load_adapter(folder_paths.get_full_path_or_raise(ADAPTER_FOLDER, instantid_file)))
 
