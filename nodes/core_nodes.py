@@ -10,7 +10,7 @@ from ..instantid.adapter import load_adapter
 from ..instantid.faces import COMBINE_MODES
 from ..instantid.identitynet import apply_identitynet, check_controlnet
 from ..instantid.paths import ADAPTER_FOLDER
-from .types import CATEGORY, COMBINE_TOOLTIP, PLACEMENT_TOOLTIP, Adapter, Faces
+from .types import CATEGORY, COMBINE_TOOLTIP, PLACEMENT_TOOLTIP, Adapter, Faces, choice_error
 
 PLACEMENTS = ["cover", "contain"]
 
@@ -69,13 +69,8 @@ class InstantIDLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, instantid_file: str) -> bool | str:
-        # ComfyUI (0.3.75) does not check V3 COMBO values against their options: without this,
-        # any string (a path such as '../../etc/passwd') reaches execute instead of failing at /prompt.
-        names = folder_paths.get_filename_list(ADAPTER_FOLDER)
-        if instantid_file not in names:
-            return (f"{instantid_file!r} is not an adapter file in models/instantid (available: "
-                    f"{', '.join(names) or 'none'}). Pick one from the list; put ip-adapter.bin in ComfyUI/models/instantid.")
-        return True
+        return choice_error(instantid_file, folder_paths.get_filename_list(ADAPTER_FOLDER), "an adapter file in models/instantid",
+                            "Pick one from the list; put ip-adapter.bin in ComfyUI/models/instantid.")
 
     @classmethod
     def execute(cls, instantid_file: str) -> io.NodeOutput:

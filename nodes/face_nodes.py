@@ -17,7 +17,7 @@ from comfy_api.latest import io, ui
 
 from ..instantid import face_analysis, face_models, face_store, keypoints, similarity
 from ..instantid.faces import COMBINE_MODES
-from .types import CATEGORY, COMBINE_TOOLTIP, FaceAnalyzer, Faces
+from .types import CATEGORY, COMBINE_TOOLTIP, FaceAnalyzer, Faces, choice_error
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ class InstantIDFaceAnalyzerLoader(io.ComfyNode):
             ],
             outputs=[FaceAnalyzer.Output(display_name="face_analyzer")],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_pack: str, provider: str, det_size: int) -> bool | str:
+        return choice_error(model_pack, _pack_options(), "an insightface model pack",
+                            "Put the pack's .onnx files in ComfyUI/models/insightface/models/<pack>/.")
 
     @classmethod
     def execute(cls, model_pack: str, provider: str, det_size: int) -> io.NodeOutput:
@@ -275,6 +280,11 @@ class InstantIDLoadFaces(io.ComfyNode):
             ],
             outputs=[Faces.Output(display_name="faces")],
         )
+
+    @classmethod
+    def validate_inputs(cls, face_file: str) -> bool | str:
+        return choice_error(face_file, folder_paths.get_filename_list(face_store.FOLDER_NAME), "a saved face in models/instantid_faces",
+                            "Save one with 'InstantID Save Face' first, or pick one from the list.")
 
     @classmethod
     def fingerprint_inputs(cls, face_file: str) -> str:

@@ -19,3 +19,11 @@ PLACEMENT_TOOLTIP = (
     "cover: as if the photo were resized to fill the image and centre-cropped (the reference when aspects match). "
     "contain: the whole photo fitted inside the image."
 )
+
+
+def choice_error(value: str, options: list[str], what: str, fix: str) -> bool | str:
+    """``validate_inputs`` helper: ComfyUI 0.3.75 does not check V3 COMBO values against their options,
+    so a file or folder name sent through the API (e.g. '../../etc/passwd') would otherwise reach ``execute``."""
+    if value in options:
+        return True
+    return f"{value!r} is not {what} (available: {', '.join(options) or 'none'}). {fix}"

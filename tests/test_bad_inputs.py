@@ -279,3 +279,15 @@ def test_same_seed_same_output_and_global_rng_as_plain_sampling(base_dir, analyz
     assert not torch.equal(first, plain_out)
     assert torch.equal(rng_first, plain_rng) and torch.equal(rng_second, plain_rng), \
         "face analysis + Apply InstantID + sampling consumed global randomness beyond plain sampling"
+
+
+@pytest.mark.parametrize(("node_id", "inputs"), [
+    ("InstantIDLoader", {"instantid_file": "../../etc/passwd"}),
+    ("InstantIDLoadFaces", {"face_file": "../../../etc/passwd"}),
+    ("InstantIDFaceAnalyzerLoader", {"model_pack": "../../..", "provider": "CPU", "det_size": 640}),
+])
+def test_names_outside_the_model_folders_are_refused_before_running(node_id, inputs):
+    import nodes as comfy_nodes
+
+    verdict = comfy_nodes.NODE_CLASS_MAPPINGS[node_id].validate_inputs(**inputs)
+    assert isinstance(verdict, str) and "is not" in verdict and "available" in verdict, verdict
