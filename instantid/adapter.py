@@ -106,7 +106,7 @@ def derive_config(proj: dict[str, torch.Tensor], kv: dict[str, torch.Tensor], pa
     latents, proj_in, proj_out = proj["latents"], proj["proj_in.weight"], proj["proj_out.weight"]
     dim, embedding_dim = proj_in.shape
     depth = len({k.split(".")[1] for k in proj if k.startswith("layers.")})
-    if depth == 0 or f"layers.0.0.to_q.weight" not in proj or "layers.0.1.1.weight" not in proj:
+    if depth == 0 or "layers.0.0.to_q.weight" not in proj or "layers.0.1.1.weight" not in proj:
         raise AdapterFileError(f"{name}: the Resampler has no attention/feed-forward layers; the file is incomplete.")
     inner = proj["layers.0.0.to_q.weight"].shape[0]
     if inner % DIM_HEAD:

@@ -75,7 +75,6 @@ def build_models(model_channels: int, dtype):
     import comfy.model_patcher
     import comfy.ops
     import comfy.supported_models
-    import torch
 
     from .adapter import AdapterModule, InstantIDAdapter
     from .layers import SDXL_ATTN2_LAYERS
@@ -268,7 +267,7 @@ def run(size: str, rounds: int, latent: int) -> dict:
                "full": (full_model, full_pos, full_neg)}
 
     times = {name: [] for name in configs}
-    for name, (model, pos, neg) in configs.items():  # warm-up
+    for model, pos, neg in configs.values():  # warm-up
         _denoise_once(model, pos, neg, latent, [])
     for _ in range(rounds):
         for name, (model, pos, neg) in configs.items():

@@ -50,6 +50,7 @@ folder_paths.set_input_directory(str(BASE_DIR / "input"))
 folder_paths.set_temp_directory(str(BASE_DIR / "temp"))
 
 import comfy.model_management  # noqa: E402,F401
+
 import nodes as comfy_nodes  # noqa: E402
 
 

@@ -47,7 +47,7 @@ def face_photo(height: int = 256, width: int = 256) -> torch.Tensor:
     return paint_face(blank_images(height, width), width // 4, height // 5, width // 2, height * 3 // 5)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def write_graph_models(base: str) -> GraphModels:
     base_path = Path(base)
     register_tiny_sdxl()

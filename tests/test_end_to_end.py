@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import nodes as comfy_nodes
 import pytest
 import torch
 from e2e_models import face_photo, write_graph_models
+
+import nodes as comfy_nodes
 
 N = comfy_nodes.NODE_CLASS_MAPPINGS
 

@@ -4,8 +4,9 @@ import os
 import re
 from pathlib import Path
 
-import nodes as comfy_nodes
 from node_reference import README, current_section, render, write
+
+import nodes as comfy_nodes
 
 PACK = Path(__file__).resolve().parent.parent
 

@@ -1,8 +1,8 @@
 """The pack loads through ComfyUI's own loader and registers its nodes with tooltips on every input."""
 
-import nodes as comfy_nodes
-
 from conftest import HOST_VERSION
+
+import nodes as comfy_nodes
 
 CORE_IDS = ["InstantIDLoader", "InstantIDApply", "InstantIDApplyAttention", "InstantIDApplyIdentityNet"]
 # cubiq/ComfyUI_InstantID's node ids: both packs must be installable together.
