@@ -19,11 +19,9 @@ def _input_type(inp) -> str:
 
 
 def _default(inp) -> str:
+    # Options are left out on purpose: file lists depend on what is installed (tooltips say what they hold).
     default = getattr(inp, "default", None)
-    if default is None:
-        options = getattr(inp, "options", None)
-        return f"one of {', '.join(map(str, options))}" if options and len(options) <= 6 else ""
-    return f"default {default}"
+    return "" if default is None else f"default {default}"
 
 
 def render(node_classes) -> str:

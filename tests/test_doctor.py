@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -249,6 +250,8 @@ def test_node_returns_the_report_as_text_and_ui():
     assert schema.node_id == "InstantIDDoctor" and schema.display_name == "InstantID Doctor" and schema.is_output_node
     output = module.InstantIDDoctor.execute(deep=False)
     report = output.result[0]
-    assert "ComfyUI version" in report and "onnxruntime" in report and "InstantID adapter" in report
+    assert "ComfyUI version" in report and "onnxruntime" in report
+    # "InstantID adapter" when the folder is empty, "adapter <file>" once other tests have put one there.
+    assert re.search(r"^\[\w+\]\s+(InstantID adapter|adapter \S+)", report, flags=re.M), report
     assert list(output.ui.as_dict()["text"]) == [report]
     assert [module.InstantIDDoctor] == module.DOCTOR_NODES
