@@ -299,6 +299,19 @@ def test_attention_only(setup, unpatched):
     assert float((got["denoised"] - unpatched["denoised"]).abs().max()) > 1e-3, "face attention had no effect"
 
 
+def test_attention_only_with_mask(setup):
+    from instantid import pipeline
+
+    s = setup
+    mask = s["inp"]["mask"]
+    tokens = pipeline.identity_tokens(s["adapter"], s["faces"], "average")
+    model = pipeline.face_attention_model(s["model"], s["adapter"], tokens, 0.8, 0.0, 1.0, mask)
+    got = plain_run(dict(s, model=model))
+    want, _ = reference_denoise(s["unet"], s["controlnet"], s["sd"], got["x"], s["sigma"], s["timestep"], s["inp"],
+                                weight=0.8, mask=mask)
+    compare("attention_only_mask", got["denoised"], want)
+
+
 def _full(s, ip_weight, strength, start=0.0, end=1.0, mask=None):
     from instantid import pipeline
 
