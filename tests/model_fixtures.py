@@ -10,7 +10,6 @@ test host uses, so ComfyUI's folder lookups (``diffusion_models``,
 from __future__ import annotations
 
 import pytest
-
 import tiny_models
 
 __all__ = [

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import builtins
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
 import tiny_models
+import torch
 from model_fixtures import *  # noqa: F401,F403
 
 SMALL_RESAMPLER = dict(dim=64, depth=1, dim_head=64, heads=1, num_queries=16, embedding_dim=512, output_dim=2048, ff_mult=4)
@@ -181,7 +179,7 @@ def same(a, b, path="") -> None:
             same(a[k], b[k], f"{path}/{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), f"{path}: length"
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             same(x, y, f"{path}[{i}]")
     elif isinstance(a, torch.Tensor):
         assert torch.equal(a, b), f"{path}: tensor changed"

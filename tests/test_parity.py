@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from model_fixtures import *  # noqa: F401,F403
 
 log = logging.getLogger(__name__)

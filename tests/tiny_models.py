@@ -143,7 +143,7 @@ def _tiny_classes():
     return TinySDXL, TinySD15
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _classes():
     return _tiny_classes()
 
@@ -403,7 +403,7 @@ def plain_ipadapter_state_dict(seed: int = SEED + 5) -> dict[str, dict[str, torc
     return {"image_proj": proj, "ip_adapter": kv}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_all(root: str) -> TinyFiles:
     """Build, randomise and write every tiny file under ``root``/models/...; cached per process and root."""
     base = Path(root)
