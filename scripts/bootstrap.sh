@@ -41,3 +41,4 @@ PYEOF
   rm -rf "$tmp"
 fi
 "$VPY" -c "import sys; sys.path.insert(0, '$HOST_DIR'); import comfyui_version; print('ComfyUI host', comfyui_version.__version__, 'at $HOST_DIR')"
+bash scripts/install_browser.sh
