@@ -9,8 +9,23 @@ test host uses, so ComfyUI's folder lookups (``diffusion_models``,
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import tiny_models
+
+# Loads are cached per process as well, so a module that still star-imports these
+# fixtures after the conftest lists this plugin (pytest then sees two session
+# fixtures of the same name) gets the same objects instead of loading twice.
+_load_unet = functools.cache(tiny_models.load_unet)
+_load_controlnet = functools.cache(tiny_models.load_controlnet)
+
+
+@functools.cache
+def _load_adapter(path):
+    from instantid.adapter import load_adapter
+
+    return load_adapter(str(path))
 
 __all__ = [
     "tiny_files", "tiny_sdxl", "tiny_identitynet", "tiny_sd15", "tiny_sd15_controlnet",
@@ -28,33 +43,31 @@ def tiny_files(base_dir) -> tiny_models.TinyFiles:
 @pytest.fixture(scope="session")
 def tiny_sdxl(tiny_files):
     """The tiny SDXL UNet as a ComfyUI ModelPatcher (comfy.sd.load_diffusion_model). Clone before changing."""
-    return tiny_models.load_unet(tiny_files.sdxl_unet)
+    return _load_unet(tiny_files.sdxl_unet)
 
 
 @pytest.fixture(scope="session")
 def tiny_identitynet(tiny_files):
     """The tiny IdentityNet-topology ControlNet (comfy.controlnet.load_controlnet, ldm layout)."""
-    return tiny_models.load_controlnet(tiny_files.sdxl_controlnet)
+    return _load_controlnet(tiny_files.sdxl_controlnet)
 
 
 @pytest.fixture(scope="session")
 def tiny_sd15(tiny_files):
     """A tiny SD1.5-topology UNet (context 768) as a ModelPatcher."""
-    return tiny_models.load_unet(tiny_files.sd15_unet)
+    return _load_unet(tiny_files.sd15_unet)
 
 
 @pytest.fixture(scope="session")
 def tiny_sd15_controlnet(tiny_files):
     """A tiny SD1.5 ControlNet (context 768)."""
-    return tiny_models.load_controlnet(tiny_files.sd15_controlnet)
+    return _load_controlnet(tiny_files.sd15_controlnet)
 
 
 @pytest.fixture(scope="session")
 def tiny_adapter(tiny_files):
     """instantid.adapter.load_adapter on the tiny ip-adapter.bin (real Resampler, K/V for the tiny UNet)."""
-    from instantid.adapter import load_adapter
-
-    return load_adapter(str(tiny_files.adapter_bin))
+    return _load_adapter(tiny_files.adapter_bin)
 
 
 @pytest.fixture(scope="session")
