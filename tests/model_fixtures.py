@@ -37,7 +37,10 @@ __all__ = [
 def tiny_files(base_dir) -> tiny_models.TinyFiles:
     """Paths of every tiny file plus the in-memory diffusers models they were made from."""
     tiny_models.register_tiny_sdxl()
-    return tiny_models.build_all(str(base_dir))
+    yield tiny_models.build_all(str(base_dir))
+    # Drop the loaded models while ComfyUI is still intact (their finalisers need it).
+    for cached in (_load_unet, _load_controlnet, _load_adapter):
+        cached.cache_clear()
 
 
 @pytest.fixture(scope="session")
