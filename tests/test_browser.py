@@ -152,6 +152,16 @@ def test_doctor_report_shows_in_the_node(server, page, tmp_path):
     page.screenshot(path=str(shot))
     print(f"screenshot: {shot}")
     assert shot.stat().st_size > 0
+
+    # A saved workflow loads back with the right `deep` value (the report does not shift widgets_values).
+    reloaded = page.evaluate("""async (id) => {
+        app.graph.getNodeById(id).widgets.find((w) => w.name === "deep").value = true;
+        const workflow = (await app.graphToPrompt()).workflow;
+        await app.loadGraphData(workflow);
+        const node = app.graph.getNodeById(id);
+        return {widgets: node.widgets.map((w) => [w.name, w.value]), values: node.serialize().widgets_values};
+    }""", node_id)
+    assert reloaded == {"widgets": [["deep", True]], "values": [True]}, reloaded
     assert not page.pack_errors, "\n".join(page.pack_errors)
 
 
