@@ -51,3 +51,17 @@ class Server:
 
     def stop(self) -> None:
         stop_server(self.proc)
+
+
+HOST_PACK = Path(__file__).resolve().parent / "host_pack"
+
+
+def graph_server(base: Path) -> Server:
+    """A server whose models folders hold every tiny model of a full InstantID graph, with the test host pack
+    (tiny SDXL size registered, text-free conditioning node). ``server.models`` names the files."""
+    from e2e_models import write_graph_models
+
+    models = write_graph_models(str(base))
+    server = Server(base, extra_packs=[HOST_PACK])
+    server.models = models
+    return server

@@ -17,7 +17,6 @@ from e2e_models import write_graph_models
 from face_fixtures import blank_images, paint_face
 from PIL import Image
 
-HOST_PACK = Path(__file__).resolve().parent / "host_pack"
 SIZE = 128
 BIG = 4096  # 8192x8192 decodes to a 805 MB float IMAGE in LoadImage; 4096 (201 MB) keeps a 2-core CI box responsive
 
@@ -66,13 +65,12 @@ def _write_bad_files(base: Path, models) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from server import Server
+    from server import graph_server
 
     base = tmp_path_factory.mktemp("bad-inputs-base")
-    models = write_graph_models(str(base))
-    files = _write_bad_files(base, models)  # before the server lists the model folders
-    srv = Server(base, extra_packs=[HOST_PACK])
-    srv.models, srv.files = models, files
+    files = _write_bad_files(base, write_graph_models(str(base)))  # before the server lists the model folders
+    srv = graph_server(base)  # the models are cached per base: not built twice
+    srv.files = files
     yield srv
     srv.stop()
 

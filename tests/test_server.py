@@ -5,21 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from e2e_models import write_graph_models
 from PIL import Image
 
 pytestmark = pytest.mark.server
-HOST_PACK = Path(__file__).resolve().parent / "host_pack"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from server import Server
+    from server import graph_server
 
-    base = tmp_path_factory.mktemp("server-base")
-    models = write_graph_models(str(base))
-    srv = Server(base, extra_packs=[HOST_PACK])
-    srv.models = models
+    srv = graph_server(tmp_path_factory.mktemp("server-base"))
     yield srv
     srv.stop()
 

@@ -14,12 +14,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from e2e_models import write_graph_models
 from face_fixtures import blank_images, paint_face
 from PIL import Image
 
 pytestmark = pytest.mark.server
-HOST_PACK = Path(__file__).resolve().parent / "host_pack"
 SIZE = 128
 
 
@@ -37,12 +35,10 @@ def _write_faces(folder: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from server import Server
+    from server import graph_server
 
     base = tmp_path_factory.mktemp("soak-base")
-    models = write_graph_models(str(base))
-    srv = Server(base, extra_packs=[HOST_PACK])
-    srv.models = models
+    srv = graph_server(base)
     srv.faces = _write_faces(base / "input")
     yield srv
     srv.stop()

@@ -12,13 +12,11 @@ import json
 from pathlib import Path
 
 import pytest
-from e2e_models import write_graph_models
 from PIL import Image
 
 pytestmark = pytest.mark.server
 PACK_DIR = Path(__file__).resolve().parent.parent
 WORKFLOWS = PACK_DIR / "example_workflows"
-HOST_PACK = Path(__file__).resolve().parent / "host_pack"
 
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 API_FILES = sorted((WORKFLOWS / "api").glob("*_api.json"))
@@ -35,12 +33,9 @@ TEST_SIZE = 128
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from server import Server
+    from server import graph_server
 
-    base = tmp_path_factory.mktemp("workflow-server")
-    models = write_graph_models(str(base))
-    srv = Server(base, extra_packs=[HOST_PACK])
-    srv.models = models
+    srv = graph_server(tmp_path_factory.mktemp("workflow-server"))
     srv.object_info = srv.get("/object_info")
     yield srv
     srv.stop()
