@@ -54,7 +54,10 @@ def test_tool_comfy_section():
     icon_in_repo = comfy["Icon"].split("/main/", 1)[1]
     assert (PACK_DIR / icon_in_repo).is_file(), f"the Icon URL points at {icon_in_repo}, which is not in the repository"
     assert comfy["requires-comfyui"] == ">=0.3.75"  # the oldest host the tests run on (the pinned copy)
-    assert (PACK_DIR / comfy["web"]).is_dir()
+    # The browser files are registered once, through WEB_DIRECTORY in __init__.py; a [tool.comfy] web entry
+    # would make ComfyUI serve js/ under a second address and the frontend load the extension twice.
+    assert "web" not in comfy
+    assert (PACK_DIR / "js").is_dir() and 'WEB_DIRECTORY = "./js"' in (PACK_DIR / "__init__.py").read_text()
 
 
 def test_requirements_never_install_two_onnxruntime_builds():
