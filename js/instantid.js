@@ -27,9 +27,9 @@ function reportWidget(node) {
   return widget;
 }
 
-// ComfyUI may serve this folder twice (once under the pack's folder name from
-// WEB_DIRECTORY, once under the pyproject name from [tool.comfy] web), and the
-// frontend then runs this script twice: register only once.
+// If this folder is ever served twice (a [tool.comfy] web entry beside
+// WEB_DIRECTORY, or the pack installed under two folder names), the frontend
+// runs this script twice: register only once.
 const registered = Array.from(app.extensions ?? [], (e) => e.name).includes(EXTENSION_NAME);
 
 if (!registered) {
