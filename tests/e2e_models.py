@@ -61,3 +61,31 @@ def write_graph_models(base: str) -> GraphModels:
     return GraphModels(base=base_path, unet_name=files.sdxl_unet.name, controlnet_name=files.sdxl_controlnet.name,
                        sd15_unet_name=files.sd15_unet.name, sd15_controlnet_name=files.sd15_controlnet.name,
                        adapter_name=files.adapter_bin.name, face_image=photo)
+
+
+def run_v3(node_id: str, **inputs):
+    """Execute one of the pack's V3 nodes in-process, as ComfyUI does; returns its outputs tuple."""
+    import nodes as comfy_nodes
+
+    return comfy_nodes.NODE_CLASS_MAPPINGS[node_id].execute(**inputs).args
+
+
+def load_graph(base: str, size: int, seed: int) -> dict:
+    """Every object of a basic InstantID graph, loaded through the real nodes, plus seeded text-free
+    conditioning for a ``size`` x ``size`` image: unet, control_net, vae, adapter, analyzer, faces, positive, negative."""
+    import nodes as comfy_nodes
+
+    n = comfy_nodes.NODE_CLASS_MAPPINGS
+    models = write_graph_models(base)
+    analyzer = run_v3("InstantIDFaceAnalyzerLoader", model_pack="antelopev2", provider="CPU", det_size=640)[0]
+    faces, _ = run_v3("InstantIDFaceAnalyze", face_analyzer=analyzer, image=face_photo(), face_choice="largest",
+                      face_index=0, no_face_policy="error", weights="")
+    gen = torch.Generator().manual_seed(seed)
+    opts = {"width": size, "height": size}
+    positive = [[torch.randn(1, 77, 2048, generator=gen), {"pooled_output": torch.randn(1, 1280, generator=gen), **opts}]]
+    negative = [[torch.randn(1, 77, 2048, generator=gen), {"pooled_output": torch.randn(1, 1280, generator=gen), **opts}]]
+    return dict(models=models, unet=n["UNETLoader"]().load_unet(models.unet_name, "default")[0],
+                control_net=n["ControlNetLoader"]().load_controlnet(models.controlnet_name)[0],
+                vae=n["VAELoader"]().load_vae("taesdxl")[0],
+                adapter=run_v3("InstantIDLoader", instantid_file=models.adapter_name)[0],
+                analyzer=analyzer, faces=faces, positive=positive, negative=negative, generator=gen)

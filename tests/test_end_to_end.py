@@ -4,33 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from e2e_models import face_photo, write_graph_models
+from e2e_models import load_graph, run_v3
 
 import nodes as comfy_nodes
 
 N = comfy_nodes.NODE_CLASS_MAPPINGS
 
 
-def _v3(node_id, **kwargs):
-    return N[node_id].execute(**kwargs).args
+_v3 = run_v3
 
 
 @pytest.fixture(scope="module")
 def graph(base_dir):
-    models = write_graph_models(str(base_dir))
-    unet = N["UNETLoader"]().load_unet(models.unet_name, "default")[0]
-    control_net = N["ControlNetLoader"]().load_controlnet(models.controlnet_name)[0]
-    vae = N["VAELoader"]().load_vae("taesdxl")[0]
-    adapter = _v3("InstantIDLoader", instantid_file=models.adapter_name)[0]
-    analyzer = _v3("InstantIDFaceAnalyzerLoader", model_pack="antelopev2", provider="CPU", det_size=640)[0]
-    faces, preview = _v3("InstantIDFaceAnalyze", face_analyzer=analyzer, image=face_photo(), face_choice="largest",
-                         face_index=0, no_face_policy="error", weights="")
-    gen = torch.Generator().manual_seed(1)
-    opts = {"width": 128, "height": 128}
-    positive = [[torch.randn(1, 77, 2048, generator=gen), {"pooled_output": torch.randn(1, 1280, generator=gen), **opts}]]
-    negative = [[torch.randn(1, 77, 2048, generator=gen), {"pooled_output": torch.randn(1, 1280, generator=gen), **opts}]]
-    return dict(models=models, unet=unet, control_net=control_net, vae=vae, adapter=adapter, analyzer=analyzer,
-                faces=faces, positive=positive, negative=negative)
+    return load_graph(str(base_dir), 128, seed=1)
 
 
 def _apply(g, model=None, **overrides):

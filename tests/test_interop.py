@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from e2e_models import face_photo, write_graph_models
+from e2e_models import load_graph, run_v3
 from foreign_pack import (
     CALLS,
     ContextSpy,
@@ -28,29 +28,17 @@ N = comfy_nodes.NODE_CLASS_MAPPINGS
 SIZE = 64
 
 
-def _v3(node_id, **kwargs):
-    return N[node_id].execute(**kwargs).args
+_v3 = run_v3
 
 
 @pytest.fixture(scope="module")
 def g(base_dir):
-    models = write_graph_models(str(base_dir))
-    unet = N["UNETLoader"]().load_unet(models.unet_name, "default")[0]
-    identitynet = N["ControlNetLoader"]().load_controlnet(models.controlnet_name)[0]
+    graph = load_graph(str(base_dir), SIZE, seed=11)
     # A second, separate copy of the tiny SDXL ControlNet plays a depth ControlNet from another pack.
-    depth = N["ControlNetLoader"]().load_controlnet(models.controlnet_name)[0]
-    assert depth.control_model is not identitynet.control_model
-    adapter = _v3("InstantIDLoader", instantid_file=models.adapter_name)[0]
-    analyzer = _v3("InstantIDFaceAnalyzerLoader", model_pack="antelopev2", provider="CPU", det_size=640)[0]
-    faces, _ = _v3("InstantIDFaceAnalyze", face_analyzer=analyzer, image=face_photo(), face_choice="largest",
-                   face_index=0, no_face_policy="error", weights="")
-    gen = torch.Generator().manual_seed(11)
-    opts = {"width": SIZE, "height": SIZE}
-    positive = [[torch.randn(1, 77, 2048, generator=gen), {"pooled_output": torch.randn(1, 1280, generator=gen), **opts}]]
-    negative = [[torch.randn(1, 77, 2048, generator=gen), {"pooled_output": torch.randn(1, 1280, generator=gen), **opts}]]
-    depth_hint = torch.rand(1, SIZE, SIZE, 3, generator=gen)
-    return dict(unet=unet, identitynet=identitynet, depth=depth, adapter=adapter, faces=faces,
-                positive=positive, negative=negative, depth_hint=depth_hint)
+    depth = N["ControlNetLoader"]().load_controlnet(graph["models"].controlnet_name)[0]
+    assert depth.control_model is not graph["control_net"].control_model
+    depth_hint = torch.rand(1, SIZE, SIZE, 3, generator=graph["generator"])
+    return dict(graph, identitynet=graph["control_net"], depth=depth, depth_hint=depth_hint)
 
 
 def _attention(g, model, weight=0.8):
