@@ -66,7 +66,7 @@ def check_model(model, adapter: InstantIDAdapter) -> None:
             )
 
 
-def _repeat_rows(t: torch.Tensor, rows: int, what: str) -> torch.Tensor:
+def repeat_rows(t: torch.Tensor, rows: int, what: str) -> torch.Tensor:
     """Batch rule shared by faces and masks: 1 broadcasts, ``rows`` matches row by row, anything else is an error."""
     if t.shape[0] == rows:
         return t
@@ -76,6 +76,13 @@ def _repeat_rows(t: torch.Tensor, rows: int, what: str) -> torch.Tensor:
         f"{what} has batch {t.shape[0]} but the latent batch is {rows}. Give one {what} for the whole batch, "
         f"or exactly one per latent (batch {rows})."
     )
+
+
+def cfg_rows(cond: torch.Tensor, uncond: torch.Tensor, cond_or_uncond: list[int], rows: int) -> torch.Tensor:
+    """Face data for every row of a batched model call: chunk i gets ``cond`` or ``uncond`` as ComfyUI's
+    ``cond_or_uncond[i]`` says (0 = conditional), each repeated to the chunk's batch by ``repeat_rows``."""
+    per_chunk = rows // len(cond_or_uncond)
+    return torch.cat([repeat_rows(cond if kind == 0 else uncond, per_chunk, "face") for kind in cond_or_uncond])
 
 
 def _token_grid(extra_options: dict, tokens: int) -> tuple[int, int]:
@@ -125,13 +132,8 @@ class FaceAttention:
         hit = self._cache.get(cache_key)
         if hit is None:
             k_c, v_c, k_u, v_u = self.kv.per_layer[key]
-            per_chunk = rows // len(cond_or_uncond)
-            ks, vs = [], []
-            for kind in cond_or_uncond:
-                k, v = (k_c, v_c) if kind == 0 else (k_u, v_u)
-                ks.append(_repeat_rows(k, per_chunk, "face"))
-                vs.append(_repeat_rows(v, per_chunk, "face"))
-            hit = (torch.cat(ks).to(device=device, dtype=dtype), torch.cat(vs).to(device=device, dtype=dtype))
+            hit = (cfg_rows(k_c, k_u, cond_or_uncond, rows).to(device=device, dtype=dtype),
+                   cfg_rows(v_c, v_u, cond_or_uncond, rows).to(device=device, dtype=dtype))
             self._cache[cache_key] = hit
         return hit
 
@@ -140,7 +142,7 @@ class FaceAttention:
         hit = self._cache.get(cache_key)
         if hit is None:
             small = F.interpolate(self.mask[:, None].float(), size=grid, mode="nearest")[:, 0]
-            small = _repeat_rows(small.reshape(small.shape[0], -1, 1), rows // len(cond_or_uncond), "mask")
+            small = repeat_rows(small.reshape(small.shape[0], -1, 1), rows // len(cond_or_uncond), "mask")
             hit = small.repeat(len(cond_or_uncond), 1, 1).to(device=device, dtype=dtype)
             self._cache[cache_key] = hit
         return hit

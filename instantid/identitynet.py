@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .adapter import IdentityTokens
-from .attention import _repeat_rows, attn2_modules
+from .attention import attn2_modules, cfg_rows, repeat_rows
 from .errors import ControlNetMismatchError
 from .faces import Faces
 
@@ -80,12 +80,6 @@ class IdentityNetControl(comfy.controlnet.ControlBase):
         self.inner.set_cond_hint(cond_hint, strength, timestep_percent_range, vae, extra_concat)
         return self
 
-    def _context(self, rows: int, cond_or_uncond: list[int]) -> torch.Tensor:
-        per_chunk = rows // len(cond_or_uncond)
-        parts = [_repeat_rows(self.tokens.cond if kind == 0 else self.tokens.uncond, per_chunk, "face")
-                 for kind in cond_or_uncond]
-        return torch.cat(parts)
-
     def _draw_hint(self, height: int, width: int) -> None:
         if self.pose is None or self._drawn_size == (height, width):
             return
@@ -103,7 +97,7 @@ class IdentityNetControl(comfy.controlnet.ControlBase):
         self._draw_hint(x_noisy.shape[-2] * self.inner.compression_ratio, x_noisy.shape[-1] * self.inner.compression_ratio)
         cond_or_uncond = transformer_options.get("cond_or_uncond") or [0] * batched_number
         face_cond = dict(cond)
-        face_cond["crossattn_controlnet"] = self._context(x_noisy.shape[0], cond_or_uncond)
+        face_cond["crossattn_controlnet"] = cfg_rows(self.tokens.cond, self.tokens.uncond, cond_or_uncond, x_noisy.shape[0])
         own = self.inner.get_control(x_noisy, t, face_cond, batched_number, transformer_options)
         if own is None:
             return prev
@@ -120,7 +114,7 @@ class IdentityNetControl(comfy.controlnet.ControlBase):
                     masked.append(r)
                     continue
                 m = F.interpolate(self.mask[:, None].to(r.device, torch.float32), size=r.shape[-2:], mode="bilinear", align_corners=False)
-                m = _repeat_rows(m, rows // chunks, "mask").repeat(chunks, 1, 1, 1)
+                m = repeat_rows(m, rows // chunks, "mask").repeat(chunks, 1, 1, 1)
                 masked.append(r * m.to(r.dtype))
             out[name] = masked
         return out

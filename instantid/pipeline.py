@@ -43,6 +43,27 @@ def face_attention_model(model, adapter: InstantIDAdapter, tokens: IdentityToken
     return patch_model(model, adapter, kv, weight, start_at, end_at, mask)
 
 
+def apply_attention(model, adapter: InstantIDAdapter, faces: Faces, weight: float, start_at: float, end_at: float,
+                    mask: torch.Tensor | None = None, combine: str = "average"):
+    """Face attention only (no IdentityNet); the model is checked before the no-face policy is looked at."""
+    check_model(model, adapter)
+    if passes_through(faces, "InstantID Attention Only"):
+        return model
+    return face_attention_model(model, adapter, identity_tokens(adapter, faces, combine), weight, start_at, end_at, mask)
+
+
+def apply_identitynet_only(positive, negative, control_net, adapter: InstantIDAdapter, faces: Faces,
+                           keypoint_image: torch.Tensor | None, strength: float, start_at: float, end_at: float,
+                           mask: torch.Tensor | None = None, combine: str = "average", pose: Faces | None = None,
+                           placement: str = "cover"):
+    """IdentityNet only; the ControlNet is checked before the no-face policy is looked at."""
+    check_controlnet(control_net, adapter.config.output_dim)
+    if passes_through(faces, "InstantID IdentityNet Only"):
+        return positive, negative
+    return apply_identitynet(positive, negative, control_net, identity_tokens(adapter, faces, combine), keypoint_image,
+                             strength, start_at, end_at, mask, pose=pose or faces, placement=placement)
+
+
 def apply_instantid(model, positive, negative, adapter: InstantIDAdapter, control_net, faces: Faces,
                     keypoint_image: torch.Tensor | None, ip_weight: float, cn_strength: float,
                     start_at: float, end_at: float, mask: torch.Tensor | None = None,

@@ -8,7 +8,6 @@ from comfy_api.latest import io
 from ..instantid import pipeline
 from ..instantid.adapter import load_adapter
 from ..instantid.faces import COMBINE_MODES
-from ..instantid.identitynet import apply_identitynet, check_controlnet
 from ..instantid.paths import ADAPTER_FOLDER
 from .types import CATEGORY, COMBINE_TOOLTIP, PLACEMENT_TOOLTIP, Adapter, Faces, choice_error
 
@@ -134,13 +133,7 @@ class InstantIDApplyAttention(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, instantid, faces, weight, start_at, end_at, combine, mask=None) -> io.NodeOutput:
-        from ..instantid.attention import check_model
-
-        check_model(model, instantid)
-        if pipeline.passes_through(faces, "InstantID Attention Only"):
-            return io.NodeOutput(model)
-        tokens = pipeline.identity_tokens(instantid, faces, combine)
-        return io.NodeOutput(pipeline.face_attention_model(model, instantid, tokens, weight, start_at, end_at, mask))
+        return io.NodeOutput(pipeline.apply_attention(model, instantid, faces, weight, start_at, end_at, mask, combine))
 
 
 class InstantIDApplyIdentityNet(io.ComfyNode):
@@ -169,12 +162,8 @@ class InstantIDApplyIdentityNet(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, control_net, instantid, faces, strength, start_at, end_at, combine, placement,
                 image_kps=None, pose_faces=None, mask=None) -> io.NodeOutput:
-        check_controlnet(control_net, instantid.config.output_dim)
-        if pipeline.passes_through(faces, "InstantID IdentityNet Only"):
-            return io.NodeOutput(positive, negative)
-        tokens = pipeline.identity_tokens(instantid, faces, combine)
-        return io.NodeOutput(*apply_identitynet(positive, negative, control_net, tokens, image_kps, strength, start_at,
-                                                end_at, mask, pose=pose_faces or faces, placement=placement))
+        return io.NodeOutput(*pipeline.apply_identitynet_only(positive, negative, control_net, instantid, faces, image_kps,
+                                                              strength, start_at, end_at, mask, combine, pose_faces, placement))
 
 
 CORE_NODES = [InstantIDLoader, InstantIDApply, InstantIDApplyAttention, InstantIDApplyIdentityNet]
