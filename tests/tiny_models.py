@@ -58,21 +58,11 @@ SDXL_DIFFUSERS_CONFIG = dict(
     norm_num_groups=32,
 )
 
-SDXL_CONTROLNET_CONFIG = dict(
-    in_channels=4,
-    block_out_channels=(32, 64, 128),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    layers_per_block=2,
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(1, 1, 2),
-    cross_attention_dim=2048,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-    use_linear_projection=True,
-    norm_num_groups=32,
-    conditioning_embedding_out_channels=(16, 32, 96, 256),
-)
+# IdentityNet's topology: the UNet's encoder half, plus the hint embedding.
+SDXL_CONTROLNET_CONFIG = {
+    **{k: v for k, v in SDXL_DIFFUSERS_CONFIG.items() if k not in ("sample_size", "out_channels", "up_block_types")},
+    "conditioning_embedding_out_channels": (16, 32, 96, 256),
+}
 
 # ComfyUI's view of the same UNet (the keys comfy.utils.unet_to_diffusers reads).
 SDXL_COMFY_UNET_CONFIG = {
