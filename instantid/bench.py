@@ -15,6 +15,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -188,6 +189,7 @@ def face_analysis_numbers(runs: int = 5) -> dict:
     from . import face_analysis, face_models
 
     source = "antelopev2 (real)"
+    root = None
     try:
         analyzer = face_models.load_analyzer()
         image = torch.rand(1, 512, 512, 3)
@@ -220,6 +222,8 @@ def face_analysis_numbers(runs: int = 5) -> dict:
         start = time.perf_counter()
         faces, _ = face_analysis.analyze(image, analyzer, policy="skip")
         times.append(time.perf_counter() - start)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
     found = max(1, len(faces.found))
     return {"face_analysis_seconds": statistics.median(times), "onnx_runs_per_face": calls["n"] / runs / found,
             "face_analysis_source": source}
@@ -251,7 +255,7 @@ def run(size: str, rounds: int, latent: int) -> dict:
     start = time.perf_counter()
     adapter = load_adapter(str(path))
     load_seconds = time.perf_counter() - start
-    path.unlink()
+    shutil.rmtree(tmp)
 
     faces = _faces()
     hint = torch.zeros(1, latent * 8, latent * 8, 3)

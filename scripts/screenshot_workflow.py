@@ -24,7 +24,8 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-ru
 def main(workflow: Path, out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    proc, url = start_server(Path(tempfile.mkdtemp(prefix="instantid-shot-")))
+    base = tempfile.TemporaryDirectory(prefix="instantid-shot-")
+    proc, url = start_server(Path(base.name))
     try:
         req = urllib.request.Request(url + "/settings", data=json.dumps({"Comfy.TutorialCompleted": True}).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -55,6 +56,7 @@ def main(workflow: Path, out: Path) -> None:
             browser.close()
     finally:
         stop_server(proc)
+        base.cleanup()
 
 
 if __name__ == "__main__":

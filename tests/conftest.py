@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import pkgutil
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -81,6 +82,11 @@ def pytest_report_header(config):
 
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true", default=False, help="run slow full-size checks too")
+
+
+def pytest_unconfigure(config):
+    # The scratch base dir holds ~1 GB of tiny models per run: never leave it behind.
+    shutil.rmtree(BASE_DIR, ignore_errors=True)
 
 
 def pytest_configure(config):
