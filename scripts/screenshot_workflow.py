@@ -1,6 +1,6 @@
 """Screenshot an example workflow in the real ComfyUI web UI, for the README.
 
-    .venv/bin/python scripts/screenshot_workflow.py example_workflows/basic.json docs/basic_workflow.png
+    .venv/bin/python scripts/screenshot_workflow.py workflows/basic.json docs/basic_workflow.png
 
 Starts a throw-away ComfyUI server with the pack, opens the page in Debian's
 chromium through Playwright, loads the workflow and saves a PNG.

@@ -109,6 +109,6 @@ def test_published_archive_keeps_tests_and_dev_tooling_out():
     published = [f for f in tracked if not _ignored(f, patterns)]
     assert not [f for f in published if f.startswith(("tests/", ".host/", ".venv/", "bench/"))]
     for needed in ("__init__.py", "nodes/core_nodes.py", "instantid/adapter.py", "LICENSE", "requirements.txt",
-                   "example_workflows/basic.json", "scripts/download_models.py", "instantid/doctor.py"):
+                   "workflows/basic.json", "scripts/download_models.py", "instantid/doctor.py"):
         assert needed in published, needed
     assert _pyproject()["tool"]["comfy"].get("includes", []) == []  # includes would override .comfyignore

@@ -16,7 +16,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.server
 PACK_DIR = Path(__file__).resolve().parent.parent
-WORKFLOWS = PACK_DIR / "example_workflows"
+WORKFLOWS = PACK_DIR / "workflows"
 
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 API_FILES = sorted((WORKFLOWS / "api").glob("*_api.json"))
