@@ -67,3 +67,26 @@ def describe_scores(scores: list[float]) -> str:
     found = [s for s in scores if not math.isnan(s)]
     lines.append(f"mean: {sum(found) / len(found):.3f}" if found else "mean: no face in any image")
     return "\n".join(lines)
+
+
+def rank_by_similarity(scores: list[float], k: int) -> list[int]:
+    """Indices of the ``k`` best images, best first.
+
+    Higher score ranks first; images without a face (NaN) rank after every
+    image with one; equal scores keep batch order (lower index first). ``k``
+    larger than the batch returns every image.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1 (got {k}): it is how many of the best images to keep.")
+    order = sorted(range(len(scores)), key=lambda i: (math.isnan(scores[i]), -scores[i] if not math.isnan(scores[i]) else 0.0, i))
+    return order[:k]
+
+
+def describe_ranking(scores: list[float], order: list[int]) -> str:
+    """The kept images in rank order (``#1 image 3: 0.912``), then a line naming the images without a face."""
+    lines = [f"#{rank + 1} image {i + 1}: {'no face' if math.isnan(scores[i]) else f'{scores[i]:.3f}'}"
+             for rank, i in enumerate(order)]
+    missing = [i + 1 for i, s in enumerate(scores) if math.isnan(s)]
+    if missing:
+        lines.append(f"no face found in image(s) {', '.join(map(str, missing))}: ranked last")
+    return "\n".join(lines)

@@ -18,10 +18,11 @@ register_adapter_folder()
 def _face_nodes() -> list[type[io.ComfyNode]]:
     try:
         from .face_nodes import FACE_NODES
+        from .quick_nodes import QUICK_NODES
     except ImportError as exc:  # a broken optional dependency must not take the core nodes down
         log.warning("InstantID face nodes unavailable: %s", exc)
         return []
-    return FACE_NODES
+    return [*FACE_NODES, *QUICK_NODES]
 
 
 class InstantIDExtension(ComfyExtension):

@@ -219,13 +219,13 @@ def with_test_models(prompt: dict, models) -> dict:
 
 def test_every_workflow_folder_is_complete():
     names = {p.stem for p in UI_FILES}
-    assert {"basic", "posed", "extra_controlnet", "two_identities", "lcm_fast"} <= names
+    assert {"quick_start", "basic", "posed", "extra_controlnet", "two_identities", "lcm_fast"} <= names
     for path in UI_FILES:
         thumb = path.with_suffix(".jpg")  # the template browser asks for <name>.jpg
         assert thumb.is_file(), f"{path.name} has no thumbnail {thumb.name}"
         with Image.open(thumb) as img:
             assert img.format == "JPEG" and img.width >= 256
-    for basic in ("basic", "posed"):
+    for basic in ("quick_start", "basic", "posed"):
         assert (WORKFLOWS / "api" / f"{basic}_api.json").is_file()
 
 
@@ -240,7 +240,7 @@ def test_ui_workflow_matches_the_server(server, path):
         origin = next(n for n in ui["nodes"] if n["id"] == link[1])
         assert link[0] in origin["outputs"][link[2]]["links"], f"link {link[0]} missing from node {link[1]}'s outputs"
     prompt = ui_to_api(ui, server.object_info)
-    assert any(n["class_type"] == "InstantIDApply" for n in prompt.values())
+    assert any(n["class_type"] in ("InstantIDApply", "InstantIDApplyPhoto") for n in prompt.values())
     assert any(n["class_type"] == "SaveImage" for n in prompt.values())
 
 
