@@ -52,9 +52,19 @@ def download_models_dir() -> str | None:
     The script defaults to ``<ComfyUI>/models`` around the pack (or the dev host's
     ``.host/base/models``); a ComfyUI started with ``--base-directory`` keeps its models elsewhere.
     """
-    import folder_paths
+    try:
+        import folder_paths
+    except ImportError:  # the engine used without ComfyUI: the script's default is all there is
+        return None
 
     pack = Path(__file__).resolve().parent.parent
     default = pack.parent.parent / "models" if pack.parent.name == "custom_nodes" else pack / ".host" / "base" / "models"
     actual = Path(folder_paths.models_dir)
     return None if actual.resolve() == default.resolve() else str(actual)
+
+
+def adapter_download_hint() -> str:
+    """The download script's command for the adapter, aimed at this ComfyUI's models folder."""
+    from .published import download_hint
+
+    return download_hint("adapter", download_models_dir())
