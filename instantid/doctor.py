@@ -107,8 +107,8 @@ def check_adapters(folders: list[Path], deep: bool = False) -> list[Finding]:
 
 def _identitynet_fix(folders: list[Path]) -> str:
     where = " or ".join(str(f) for f in folders) or "models/controlnet"
-    return (f"{_download_hint('identitynet')} (it saves {published.IDENTITYNET.url} as instantid-controlnet.safetensors), "
-            f"or download that file by hand into {where}; any file name works.")
+    return (f"{_download_hint('identitynet')}: it saves {published.IDENTITYNET.url} as instantid-controlnet.safetensors. "
+            f"Or download that file by hand into {where}; any file name works.")
 
 
 def _claims_identitynet(path: Path, file: published.PublishedFile) -> bool:

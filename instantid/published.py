@@ -112,5 +112,4 @@ def download_command(only: str | None = None, models_dir: os.PathLike | str | No
 
 def download_hint(only: str | None = None, models_dir: os.PathLike | str | None = None) -> str:
     """The first fix for a missing or damaged model file: run the pack's download script with ComfyUI's Python."""
-    return (f"Run `{download_command(only, models_dir)}` (the pack's scripts/download_models.py, with the Python "
-            "that runs ComfyUI; it resumes, checks size and sha256, and puts each file in its folder)")
+    return f"Run `{download_command(only, models_dir)}` (the pack's download script, with ComfyUI's Python; it checks sha256)"
