@@ -20,6 +20,9 @@ from torch import nn
 
 from .errors import AdapterFileError
 from .layers import SDXL_ATTN2_LAYERS, AttnKey
+from .paths import ADAPTER_FOLDER, download_models_dir, folders_text
+from .published import ADAPTER as PUBLISHED_ADAPTER
+from .published import PublishedFile, download_hint, sha256_file
 from .resampler import Resampler, ResamplerConfig
 
 log = logging.getLogger(__name__)
@@ -205,14 +208,40 @@ class InstantIDAdapter:
         return FaceKV(per_layer=per_layer)
 
 
-def read_adapter_file(path: str) -> dict[str, torch.Tensor]:
-    """The raw state dict; pickles only with weights_only=True. Errors name the file and the fix."""
+def _is_pickle(path: str) -> bool:
+    # comfy.utils.load_torch_file reads these two as safetensors and everything else with torch.load.
+    return not path.lower().endswith((".safetensors", ".sft"))
+
+
+def _check_published_pickle(path: str, size: int, file: PublishedFile) -> None:
+    """A pickle with the published adapter's size must be the published adapter: hash it before unpickling anything."""
+    if not _is_pickle(path) or size != file.size:
+        return
+    digest = sha256_file(path)  # remembered per unchanged file: a reload does not hash 1.7 GB again
+    if digest != file.sha256:
+        raise AdapterFileError(
+            f"{os.path.basename(path)} has the size of the published {file.filename} ({file.size:,} bytes) but not its "
+            f"sha256 ({digest}, published {file.sha256}): a damaged download or another file. It was not unpickled. "
+            f"Delete {path} and download it again: {download_hint('adapter', download_models_dir())}."
+        )
+
+
+def read_adapter_file(path: str, published_file: PublishedFile = PUBLISHED_ADAPTER) -> dict[str, torch.Tensor]:
+    """The raw state dict; pickles only with weights_only=True, and only after the published-size digest check.
+
+    published_file: the size/sha256 a pickle is checked against (tests pass one for a file they built).
+    Errors name the file, the folders ComfyUI searches and the fix.
+    """
     import comfy.utils
 
     name = os.path.basename(path)
     if not os.path.isfile(path):
-        raise AdapterFileError(f"InstantID adapter not found: {path}. Put ip-adapter.bin in ComfyUI/models/instantid/.")
+        raise AdapterFileError(
+            f"InstantID adapter not found: {path}. Put {published_file.filename} in {folders_text(ADAPTER_FOLDER)}: "
+            f"{download_hint('adapter', download_models_dir())}, or download {published_file.url} by hand."
+        )
     size = os.path.getsize(path)
+    _check_published_pickle(path, size, published_file)
     try:
         return comfy.utils.load_torch_file(path, safe_load=True)
     except Exception as exc:  # the loaders raise many unrelated types for a bad file
@@ -220,11 +249,12 @@ def read_adapter_file(path: str) -> dict[str, torch.Tensor]:
         if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__ or "GLOBAL" in str(exc):
             raise AdapterFileError(
                 f"{name} was refused: it is a pickle that contains code or objects, not just tensors "
-                f"({text}). The real ip-adapter.bin holds only tensors; re-download it from InstantX/InstantID."
+                f"({text}). The real {published_file.filename} holds only tensors; re-download it from {published_file.url}."
             ) from exc
         raise AdapterFileError(
-            f"{name} ({size:,} bytes) could not be read: {text}. The download is probably incomplete or the "
-            "file is not a model; the published ip-adapter.bin is 1,691,951,878 bytes. Download it again."
+            f"{name} ({size:,} bytes) could not be read: {text}. The download is probably incomplete or the file is not "
+            f"a model; the published {published_file.filename} is {published_file.size:,} bytes. "
+            f"{download_hint('adapter', download_models_dir())}."
         ) from exc
 
 

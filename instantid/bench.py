@@ -4,8 +4,10 @@ Run ``make bench`` (or ``python -m instantid.bench``) from the pack's folder.
 It boots the ComfyUI host in-process, builds SDXL-topology models with
 random weights (full SDXL width when memory allows, else the tiny test
 topology), and times one CFG denoising call through ComfyUI's real sampling
-code for: plain, attention patch, attention + IdentityNet; interleaved, median
-of several after warm-up. Writes ``bench/results.json`` and prints a table.
+code for: plain, attention patch, attention + IdentityNet; interleaved rounds
+after warm-up, each ratio paired within its round, with its spread. Rounds in
+which other processes took CPU are re-run or flagged (``bench_guard``).
+Writes ``bench/results.json`` and prints a table.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from . import bench_guard
 
 PACK_DIR = Path(__file__).resolve().parent.parent
 
@@ -68,25 +72,32 @@ def _randomise(module, seed: int):
     return module
 
 
+def build_unet(model_channels: int, dtype):
+    """An SDXL-topology UNet with random weights as a ComfyUI ModelPatcher."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.SDXL(sdxl_unet_config(model_channels))
+    model_config.set_inference_dtype(dtype, None)
+    base = model_config.get_model({}, device="cpu")
+    _randomise(base.diffusion_model, 0).to(dtype)
+    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
 def build_models(model_channels: int, dtype):
     """(unet ModelPatcher, IdentityNet ControlNet, InstantIDAdapter) with random weights, SDXL topology."""
     import comfy.cldm.cldm
     import comfy.controlnet
     import comfy.model_management as mm
-    import comfy.model_patcher
     import comfy.ops
-    import comfy.supported_models
 
     from .adapter import AdapterModule, InstantIDAdapter
     from .layers import SDXL_ATTN2_LAYERS
     from .resampler import ResamplerConfig
 
     config = sdxl_unet_config(model_channels)
-    model_config = comfy.supported_models.SDXL(dict(config))
-    model_config.set_inference_dtype(dtype, None)
-    base = model_config.get_model({}, device="cpu")
-    _randomise(base.diffusion_model, 0).to(dtype)
-    unet = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    unet = build_unet(model_channels, dtype)
 
     cn_config = {k: v for k, v in config.items() if k not in ("out_channels", "transformer_depth_output")}
     cn_model = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=dtype, device="cpu", **cn_config)
@@ -229,7 +240,19 @@ def face_analysis_numbers(runs: int = 5) -> dict:
             "face_analysis_source": source}
 
 
-def run(size: str, rounds: int, latent: int) -> dict:
+def timed_call(model, positive, negative, latent: int):
+    """A zero-argument call that denoises once and returns the seconds of the timed model call."""
+
+    def call() -> float:
+        times: list[float] = []
+        _denoise_once(model, positive, negative, latent, times)
+        return times[-1]
+
+    return call
+
+
+def run(size: str, rounds: int, latent: int, busy_threshold: float = bench_guard.DEFAULT_THRESHOLD_CORES,
+        attempts: int = bench_guard.DEFAULT_ATTEMPTS) -> dict:
     import comfy.model_management as mm
     import psutil
     import torch
@@ -270,13 +293,12 @@ def run(size: str, rounds: int, latent: int) -> dict:
     configs = {"plain": (unet, positive, negative), "attention": (attn_model, positive, negative),
                "full": (full_model, full_pos, full_neg)}
 
-    times = {name: [] for name in configs}
     for model, pos, neg in configs.values():  # warm-up
         _denoise_once(model, pos, neg, latent, [])
-    for _ in range(rounds):
-        for name, (model, pos, neg) in configs.items():
-            _denoise_once(model, pos, neg, latent, times[name])
-    median = {name: statistics.median(t) for name, t in times.items()}
+    calls = {name: timed_call(model, pos, neg, latent) for name, (model, pos, neg) in configs.items()}
+    timing = bench_guard.summarize(bench_guard.timed_rounds(calls, rounds, threshold_cores=busy_threshold, max_attempts=attempts),
+                                   base="plain", threshold_cores=busy_threshold)
+    median = timing["seconds_median"]
 
     flops = {}
     for name, (model, pos, neg) in configs.items():
@@ -300,8 +322,12 @@ def run(size: str, rounds: int, latent: int) -> dict:
         "latent": f"{latent}x{latent} ({latent * 8}x{latent * 8} px), CFG batch 2, 77 text tokens",
         "rounds": rounds,
         "step_seconds": median,
-        "step_ratio_attention": median["attention"] / median["plain"],
-        "step_ratio_full": median["full"] / median["plain"],
+        # Paired per round (each against the plain call of the same round), median over the undisturbed rounds.
+        "step_ratio_attention": timing["ratio_spread"]["attention"]["median"],
+        "step_ratio_full": timing["ratio_spread"]["full"]["median"],
+        "step_ratio_spread": timing["ratio_spread"],
+        "busy_guard": {k: timing[k] for k in ("threshold_cores", "disturbed_rounds", "reruns", "rounds_used", "verdict")},
+        "rounds_detail": timing["rounds_detail"],
         "flops": flops,
         "flop_ratio_attention": flops["attention"] / flops["plain"],
         "flop_ratio_full": flops["full"] / flops["plain"],
@@ -319,13 +345,21 @@ def run(size: str, rounds: int, latent: int) -> dict:
     return results
 
 
+def _spread_text(spread: dict) -> str:
+    return " / ".join(f"{spread[k]:.3f}" for k in ("min", "q1", "median", "q3", "max"))
+
+
 def print_table(r: dict) -> None:
     rows = [
         ("device", r["device"]), ("topology", r["topology"]), ("latent", r["latent"]),
         ("plain step (s)", f"{r['step_seconds']['plain']:.4f}"),
         ("step_ratio_attention", f"{r['step_ratio_attention']:.3f}  (FLOP floor {r['flop_ratio_attention']:.4f})"),
+        ("  per round min/q1/med/q3/max", _spread_text(r["step_ratio_spread"]["attention"])),
         ("step_ratio_full", f"{r['step_ratio_full']:.3f}  (FLOP floor {r['flop_ratio_full']:.3f})"),
+        ("  per round min/q1/med/q3/max", _spread_text(r["step_ratio_spread"]["full"])),
         ("step_ratio_full / flop_ratio_full", f"{r['step_overhead_vs_flops_full']:.3f}"),
+        ("busy machine guard", f"{r['busy_guard']['verdict']}; {r['busy_guard']['reruns']} re-run(s) (disturbed: other "
+                               f"processes kept > {r['busy_guard']['threshold_cores']} cores busy during a call)"),
         ("apply_seconds (warm)", f"{r['apply_seconds']:.3f}"), ("load_seconds", f"{r['load_seconds']:.3f}"),
         ("adapter weights", f"{r['adapter_weight_bytes'] / 2**20:.1f} MiB {r['adapter_weight_dtype']}"),
         ("resident for sampling", f"{r['adapter_resident_during_sampling_bytes'] / 2**20:.2f} MiB (face K/V)"),
@@ -335,6 +369,8 @@ def print_table(r: dict) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+    if r["busy_guard"]["disturbed_rounds"]:
+        print(f"WARNING: {r['busy_guard']['verdict']}. Stop other jobs and run `make bench` again for numbers to publish.")
 
 
 def main() -> None:
@@ -342,13 +378,16 @@ def main() -> None:
     parser.add_argument("--size", choices=["auto", "full", "tiny"], default="auto")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latent", type=int, default=0, help="latent side (default: 128 on GPU = 1024 px, 32 on CPU)")
+    parser.add_argument("--busy-threshold", type=float, default=bench_guard.DEFAULT_THRESHOLD_CORES,
+                        help="cores other processes may keep busy during a timed call before its round is re-run")
+    parser.add_argument("--attempts", type=int, default=bench_guard.DEFAULT_ATTEMPTS, help="runs of a disturbed round before it is flagged")
     parser.add_argument("--out", default=str(PACK_DIR / "bench" / "results.json"))
     args = parser.parse_args()
     _boot_host()
     import torch
 
     latent = args.latent or (128 if torch.cuda.is_available() else 32)
-    results = run(args.size, args.rounds, latent)
+    results = run(args.size, args.rounds, latent, args.busy_threshold, args.attempts)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

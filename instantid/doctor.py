@@ -1,166 +1,45 @@
 """Install doctor: checks the host, the Python packages and every model file, each finding with its fix.
 
-Run ``python -m instantid.doctor`` (or ``make doctor``) from the pack's folder,
-or add the 'InstantID Doctor' node in ComfyUI. Nothing large is loaded: model
-files are judged by size and by their safetensors header (names and shapes
-only); a ``.bin`` adapter is unpickled only when it is small enough to be a
-wrong file (or with ``--deep``).
+Run ``python -m instantid.doctor`` from the pack's folder with ComfyUI's
+Python (``make doctor`` in a development checkout), or add the 'InstantID
+Doctor' node in ComfyUI. Nothing large is loaded: model files are judged by
+their published sizes and sha256 (``published.py``) and by their safetensors
+headers (names and shapes only), so IdentityNet is found by its tensors
+whatever its file name. An ``ip-adapter.bin`` of the published size is hashed
+(as the loader does before unpickling it); another ``.bin`` is unpickled
+(weights only) when it is small enough to be a wrong file, or with ``--deep``,
+which also checks the sha256 of IdentityNet and the antelopev2 files.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import struct
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import face_models
+from . import face_models, published
+from .doctor_env import Finding, check_host, check_insightface, check_onnxruntime, check_opencv, check_torch
 from .errors import InstantIDError
-from .paths import ADAPTER_FOLDER
+from .model_files import SDXL_CONTEXT, controlnet_shape, is_sdxl_checkpoint, read_safetensors_header
+from .paths import ADAPTER_FOLDER, download_models_dir
+
+__all__ = ["Finding", "check_host", "check_insightface", "check_onnxruntime", "check_opencv", "check_torch", "main", "run_checks",
+           "format_report"]
 
 PACK_DIR = Path(__file__).resolve().parent.parent
-MIN_HOST = (0, 3, 75)
-ADAPTER_SIZE = 1_691_951_878  # ip-adapter.bin as published by InstantX/InstantID
 KEY_CHECK_LIMIT = 400_000_000  # a .bin this small is unpickled to say what it is instead
-# antelopev2 files: published sizes are about 16.9 MB and 261 MB; bounds allow for re-exports.
-FACE_FILE_BOUNDS = {"scrfd_10g_bnkps.onnx": (15_000_000, 19_000_000), "glintr100.onnx": (240_000_000, 280_000_000)}
-SDXL_CONTEXT = 2048
-IDENTITYNET_NAMES = ("instantid", "identitynet")
-MODELS_HINT = "Run `make models` in the pack folder (or `python scripts/download_models.py`)"
+IDENTITYNET_NAMES = ("instantid", "identitynet")  # only to explain a wrongly chosen file; IdentityNet is found by its tensors
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One check's result. status: 'ok', 'warn' or 'error'; fix: what to do (empty when ok)."""
-
-    check: str
-    status: str
-    detail: str
-    fix: str = ""
-
-
-# ---------------------------------------------------------------- file headers
-
-
-def read_safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file (names, dtypes, shapes); raises ValueError if broken or truncated."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) < 8:
-            raise ValueError("shorter than a safetensors header")
-        (length,) = struct.unpack("<Q", raw)
-        if length > min(size - 8, 200_000_000):
-            raise ValueError(f"header length {length:,} does not fit the file ({size:,} bytes): not safetensors, or truncated")
-        header = json.loads(fh.read(length))
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + length + end > size:
-        raise ValueError(f"truncated: the header promises {8 + length + end:,} bytes, the file has {size:,}")
-    header.pop("__metadata__", None)
-    return header
-
-
-def cross_attention_width(header: dict) -> int | None:
-    """Text-context width read from the first ``attn2.to_k.weight`` ([inner, context]); None if there is none."""
-    for name in sorted(header):
-        if name.endswith("attn2.to_k.weight"):
-            return int(header[name]["shape"][1])
-    return None
+def _download_hint(only: str) -> str:
+    return published.download_hint(only, download_models_dir())
 
 
 def _meta_tensors(header: dict) -> dict:
     import torch
 
     return {name: torch.empty(info["shape"], device="meta") for name, info in header.items()}
-
-
-# ---------------------------------------------------------------- host and packages
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
-
-
-def check_host(version: str) -> Finding:
-    if version == "unknown":
-        return Finding("ComfyUI version", "warn", "could not read comfyui_version.py",
-                       "Update ComfyUI to 0.3.75 or newer (git pull, or 'Update ComfyUI' in ComfyUI-Manager).")
-    if _version_tuple(version) < MIN_HOST:
-        return Finding("ComfyUI version", "error", f"ComfyUI {version} is older than 0.3.75, the oldest host the pack is tested on "
-                       "(old hosts give noise or 'X' images with InstantID).",
-                       "Update ComfyUI (git pull in the ComfyUI folder, or 'Update ComfyUI' in ComfyUI-Manager), then restart.")
-    return Finding("ComfyUI version", "ok", f"ComfyUI {version}")
-
-
-def check_torch() -> Finding:
-    try:
-        import torch
-    except Exception as exc:  # noqa: BLE001 - any import failure is the finding
-        return Finding("torch", "error", f"torch cannot be imported ({exc})", "Reinstall torch for your GPU from pytorch.org.")
-    if torch.cuda.is_available():
-        return Finding("torch", "ok", f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return Finding("torch", "ok", f"torch {torch.__version__}, Apple MPS")
-    return Finding("torch", "warn", f"torch {torch.__version__} without CUDA: SDXL runs on the CPU (minutes per image)",
-                   "On an NVIDIA GPU install a CUDA build of torch into ComfyUI's Python (pytorch.org shows the command).")
-
-
-_NUMPY_ABI = ("numpy.dtype size changed", "compiled using NumPy 1", "_ARRAY_API", "numpy.core.multiarray failed")
-
-
-def check_insightface() -> list[Finding]:
-    """insightface importable (and which version), and numpy issues behind a failed import."""
-    import numpy
-
-    numpy_version = numpy.__version__
-    try:
-        face_models.import_insightface()
-    except face_models.InsightFaceUnavailableError as exc:
-        text = f"{exc} {exc.__cause__}"
-        if any(marker in text for marker in _NUMPY_ABI):
-            return [
-                Finding("insightface", "error", "insightface is installed but does not import with this numpy", "See the numpy finding."),
-                Finding("numpy", "error", f"numpy {numpy_version}: the insightface 0.7.3 wheel was built against numpy 1 and fails "
-                        "to import under numpy 2", "Either `python -m pip install \"numpy<2\"` or rebuild insightface for numpy 2: "
-                        "`python -m pip install --force-reinstall --no-binary insightface insightface==0.7.3` (needs a C++ compiler)."),
-            ]
-        return [Finding("insightface", "error", str(exc), face_models.INSTALL_HINT),
-                Finding("numpy", "ok", f"numpy {numpy_version}")]
-    import insightface
-
-    version = getattr(insightface, "__version__", "unknown")
-    found = [Finding("numpy", "ok", f"numpy {numpy_version}")]
-    if version != "0.7.3":
-        found.insert(0, Finding("insightface", "warn", f"insightface {version}; the pack is tested with 0.7.3",
-                                "`python -m pip install insightface==0.7.3` if face analysis misbehaves."))
-    else:
-        found.insert(0, Finding("insightface", "ok", f"insightface {version}"))
-    return found
-
-
-def check_onnxruntime() -> Finding:
-    names = face_models.installed_onnxruntimes()
-    if not names:
-        return Finding("onnxruntime", "error", "no onnxruntime build is installed (insightface needs one)",
-                       "`python -m pip install onnxruntime` (CPU) or `python -m pip install onnxruntime-gpu` (CUDA), never both.")
-    conflict = face_models.onnxruntime_conflict()
-    if conflict:
-        return Finding("onnxruntime", "error", f"several onnxruntime builds installed: {', '.join(names)}", conflict)
-    providers = face_models.available_providers()
-    detail = f"{names[0]}, providers: {', '.join(providers)}"
-    try:
-        import torch
-
-        cuda = torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
-        cuda = False
-    if cuda and providers == ["CPU"]:
-        return Finding("onnxruntime", "warn", detail + " (face analysis runs on the CPU although CUDA is there; fine, it is once per photo)",
-                       "For GPU face analysis: `python -m pip uninstall -y onnxruntime` then `python -m pip install onnxruntime-gpu`.")
-    return Finding("onnxruntime", "ok", detail)
 
 
 # ---------------------------------------------------------------- model files
@@ -174,84 +53,116 @@ def _files(folders: list[Path], extensions: tuple[str, ...]) -> list[Path]:
     return found
 
 
-def check_adapter_file(path: Path, deep: bool = False) -> Finding:
-    """Is ``path`` the InstantID adapter? Size first; keys from the header (safetensors) or, for a small or --deep .bin, the pickle."""
+def _verified(path: Path, file: published.PublishedFile, check: str, what: str) -> Finding:
+    """A file of the published size: ok when its sha256 is the published one, else an error (damaged or another file)."""
+    digest = published.sha256_file(path)  # remembered per unchanged file, shared with the adapter loader
+    if digest == file.sha256:
+        return Finding(check, "ok", f"{path}: {what}, the published {file.filename} ({file.size:,} bytes, sha256 verified)")
+    return Finding(check, "error", f"{path} has the published size of {file.filename} ({file.size:,} bytes) but sha256 {digest}, "
+                   f"not {file.sha256}: a damaged download or another file", f"Delete it and download it again. {_download_hint_for(file)}.")
+
+
+def _download_hint_for(file: published.PublishedFile) -> str:
+    only = {published.ADAPTER.filename: "adapter", published.IDENTITYNET.filename: "identitynet"}.get(file.filename, "antelopev2")
+    return _download_hint(only)
+
+
+def check_adapter_file(path: Path, deep: bool = False, file: published.PublishedFile = published.ADAPTER) -> Finding:
+    """Is ``path`` the InstantID adapter? A pickle of the published size is hashed (as the loader does before unpickling);
+    other sizes: keys from the safetensors header or, for a small or --deep .bin, from the pickle (weights only)."""
     from .adapter import derive_config, read_adapter_file, split_state_dict
 
     check = f"adapter {path.name}"
     size = path.stat().st_size
-    fix_download = f"Download ip-adapter.bin from InstantX/InstantID into {path.parent} ({MODELS_HINT})."
+    fix_download = f"{_download_hint('adapter')}, or download {file.url} by hand into {path.parent}."
     try:
         if path.suffix.lower() == ".safetensors":
             sd = _meta_tensors(read_safetensors_header(path))
-        elif size == ADAPTER_SIZE and not deep:
-            return Finding(check, "ok", f"{path} ({size:,} bytes, the published size)")
+        elif size == file.size:
+            return _verified(path, file, check, "InstantID adapter")
         elif size <= KEY_CHECK_LIMIT or deep:
-            sd = read_adapter_file(str(path))
+            sd = read_adapter_file(str(path), file)
         else:
-            return Finding(check, "warn", f"{path} has {size:,} bytes; the published ip-adapter.bin has {ADAPTER_SIZE:,} "
+            return Finding(check, "warn", f"{path} has {size:,} bytes; the published {file.filename} has {file.size:,} "
                            "(an incomplete download or another file)", fix_download + " Or run the doctor with --deep to check its keys.")
         proj, kv = split_state_dict(sd, str(path))
         config, _ = derive_config(proj, kv, str(path))
     except (InstantIDError, ValueError, OSError) as exc:
         return Finding(check, "error", str(exc), fix_download + " Move other files out of the instantid folder.")
-    if path.suffix.lower() == ".bin" and size != ADAPTER_SIZE:
+    if path.suffix.lower() == ".bin":
         return Finding(check, "warn", f"{path} has InstantID's keys (Resampler {config.dim}x{config.depth}) but {size:,} bytes, "
-                       f"not the published {ADAPTER_SIZE:,}: a re-saved or converted copy", "If results look wrong, " + fix_download)
-    return Finding(check, "ok", f"{path} ({size:,} bytes, InstantID keys, 70 face K/V layers)")
+                       f"not the published {file.size:,}: a re-saved or converted copy", "If results look wrong: " + fix_download)
+    return Finding(check, "ok", f"{path} ({size:,} bytes, InstantID keys, 70 face K/V layers; a safetensors re-pack)")
 
 
 def check_adapters(folders: list[Path], deep: bool = False) -> list[Finding]:
     files = _files(folders, (".bin", ".safetensors", ".pt", ".pth", ".ckpt"))
     if not files:
-        where = ", ".join(str(f) for f in folders) or "models/instantid"
+        where = ", ".join(str(f) for f in folders) or "models/instantid (not registered)"
+        into = folders[0] if folders else where
         return [Finding("InstantID adapter", "error", f"no adapter file in {where}",
-                        f"{MODELS_HINT}, or download ip-adapter.bin from huggingface.co/InstantX/InstantID into {folders[0] if folders else where}.")]
+                        f"{_download_hint('adapter')}, or download {published.ADAPTER.url} by hand into {into}.")]
     return [check_adapter_file(p, deep) for p in files]
 
 
-def check_controlnet_file(path: Path) -> Finding:
-    check = f"IdentityNet {path.name}"
-    fix = f"{MODELS_HINT}: it saves InstantX/InstantID's ControlNetModel/diffusion_pytorch_model.safetensors as {path.parent / 'instantid-controlnet.safetensors'}."
-    if path.suffix.lower() != ".safetensors":
-        return Finding(check, "warn", f"{path} is not a safetensors file, so it was not checked", fix)
-    try:
-        header = read_safetensors_header(path)
-    except (ValueError, OSError) as exc:
-        return Finding(check, "error", f"{path}: {exc}", fix)
-    width = cross_attention_width(header)
-    if not any(k.startswith(("controlnet_", "zero_convs.", "input_hint_block.", "control_model.")) for k in header):
-        return Finding(check, "error", f"{path} is not a ControlNet (no controlnet_* / zero_convs keys)", fix)
-    if width is None:
-        return Finding(check, "error", f"{path} has no cross-attention (attn2) layers, so it cannot see the face tokens", fix)
-    if width != SDXL_CONTEXT:
-        family = {768: "SD1.5", 1024: "SD2"}.get(width, f"{width}-wide")
-        return Finding(check, "error", f"{path} is an {family} ControlNet (cross-attention {width}); IdentityNet is an SDXL ControlNet "
-                       f"with {SDXL_CONTEXT}-wide cross-attention", fix)
-    return Finding(check, "ok", f"{path}: SDXL ControlNet, cross-attention {width}")
+def _identitynet_fix(folders: list[Path]) -> str:
+    where = " or ".join(str(f) for f in folders) or "models/controlnet"
+    return (f"{_download_hint('identitynet')}: it saves {published.IDENTITYNET.url} as instantid-controlnet.safetensors. "
+            f"Or download that file by hand into {where}; any file name works.")
 
 
-def check_identitynet(folders: list[Path]) -> list[Finding]:
-    files = _files(folders, (".safetensors", ".bin", ".pth", ".pt", ".ckpt"))
-    named = [p for p in files if any(n in str(p.relative_to(_root_of(p, folders))).lower() for n in IDENTITYNET_NAMES)]
-    if not named:
-        where = folders[0] if folders else Path("models/controlnet")
-        return [Finding("IdentityNet", "error", f"no ControlNet named like instantid/identitynet in {', '.join(map(str, folders)) or where}",
-                        f"{MODELS_HINT}, or save InstantX/InstantID's ControlNetModel/diffusion_pytorch_model.safetensors as "
-                        f"{where / 'instantid-controlnet.safetensors'} (the name must say instantid so you can find it).")]
-    return [check_controlnet_file(p) for p in named]
+def _claims_identitynet(path: Path, file: published.PublishedFile) -> bool:
+    """A file that was evidently meant as IdentityNet: named so, or of the published size."""
+    return any(n in path.name.lower() for n in IDENTITYNET_NAMES) or path.stat().st_size == file.size
 
 
-def _root_of(path: Path, folders: list[Path]) -> Path:
-    return next((f for f in folders if f in path.parents), path.parent)
+def check_identitynet(folders: list[Path], deep: bool = False, file: published.PublishedFile = published.IDENTITYNET) -> list[Finding]:
+    """Find IdentityNet by its tensors (an SDXL ControlNet: 2048-wide cross-attention, RGB hint block), whatever its name.
+
+    Any SDXL ControlNet has those tensors (depth, canny, ...), so the published size singles out the real file;
+    --deep also checks its sha256. Unreadable files, and files named or sized like IdentityNet that are something
+    else, are reported on their own.
+    """
+    fix = _identitynet_fix(folders)
+    candidates: list[Path] = []
+    problems: list[Finding] = []
+    for path in _files(folders, (".safetensors", ".sft")):
+        try:
+            shape = controlnet_shape(read_safetensors_header(path))
+        except (ValueError, OSError) as exc:
+            problems.append(Finding(f"ControlNet {path.name}", "error", f"{path}: {exc}; ComfyUI cannot load it",
+                                    f"Delete it or download it again. {fix}"))
+            continue
+        if shape.can_be_identitynet:
+            candidates.append(path)
+        elif _claims_identitynet(path, file):
+            problems.append(Finding(f"IdentityNet {path.name}", "error", f"{path} is {shape.describe()}; IdentityNet is an SDXL "
+                                    f"ControlNet with {SDXL_CONTEXT}-wide cross-attention and an RGB hint block", fix))
+    exact = [p for p in candidates if p.stat().st_size == file.size]
+    if exact:
+        what = "IdentityNet (SDXL ControlNet tensors)"
+        return [(_verified(p, file, f"IdentityNet {p.name}", what) if deep else
+                 Finding(f"IdentityNet {p.name}", "ok", f"{p}: {what}, the published size ({file.size:,} bytes; --deep checks its sha256)"))
+                for p in exact] + problems
+    if candidates:
+        listed = ", ".join(f"{p} ({p.stat().st_size:,} bytes)" for p in candidates)
+        return [Finding("IdentityNet", "warn", f"SDXL ControlNets that can serve as IdentityNet by their tensors: {listed}; none has "
+                        f"the published IdentityNet size ({file.size:,} bytes)",
+                        "If one of them is IdentityNet (a converted or re-saved copy), pick it in 'Load ControlNet Model'; depth, "
+                        f"canny and pose SDXL ControlNets have the same tensors but not the identity training. Otherwise: {fix}")] + problems
+    if problems:
+        return problems
+    where = ", ".join(map(str, folders)) or "models/controlnet (not registered)"
+    return [Finding("IdentityNet", "error", f"no SDXL ControlNet in {where}", fix)]
 
 
-def check_face_pack(roots: list[Path], pack: str = face_models.DEFAULT_PACK) -> list[Finding]:
+def check_face_pack(roots: list[Path], pack: str = face_models.DEFAULT_PACK, deep: bool = False) -> list[Finding]:
+    fix = _download_hint("antelopev2")
     try:
         location = face_models.locate_pack(pack, roots)
     except face_models.FaceModelsError as exc:
         first = roots[0] / "models" / pack if roots else Path("models/insightface/models") / pack
-        return [Finding(f"insightface {pack}", "error", str(exc), f"{MODELS_HINT}, or put scrfd_10g_bnkps.onnx and glintr100.onnx in {first}.")]
+        return [Finding(f"insightface {pack}", "error", str(exc), f"{fix}, or put scrfd_10g_bnkps.onnx and glintr100.onnx in {first}.")]
     found = []
     if location.nested:
         found.append(Finding(f"insightface {pack}", "warn", f"the files are in the nested folder {location.folder} (as the zip unpacks)",
@@ -260,22 +171,20 @@ def check_face_pack(roots: list[Path], pack: str = face_models.DEFAULT_PACK) -> 
     else:
         found.append(Finding(f"insightface {pack}", "ok", f"{location.folder}"))
     for path in (location.detector, location.recognizer):
-        if path is None or path.name not in FACE_FILE_BOUNDS:
+        file = published.FACE_FILES.get(path.name) if path is not None else None
+        if file is None:
             continue
-        low, high = FACE_FILE_BOUNDS[path.name]
         size = path.stat().st_size
-        if not low <= size <= high:
-            found.append(Finding(f"insightface {path.name}", "error", f"{path} has {size:,} bytes; the published file has "
-                                 f"{low / 1e6:.0f}-{high / 1e6:.0f} MB (an incomplete download or another file)",
-                                 f"Download it again ({MODELS_HINT})."))
+        if size == file.size:
+            if deep:
+                found.append(_verified(path, file, f"insightface {path.name}", "antelopev2 model"))
+        elif size < file.size // 2:
+            found.append(Finding(f"insightface {path.name}", "error", f"{path} has {size:,} bytes; the published file has {file.size:,} "
+                                 "(an incomplete download or another file)", f"Delete it and download it again. {fix}."))
+        else:
+            found.append(Finding(f"insightface {path.name}", "warn", f"{path} has {size:,} bytes, not the published {file.size:,}: "
+                                 "a re-exported or damaged copy", f"If faces are missed or identities look wrong: {fix}."))
     return found
-
-
-def is_sdxl_checkpoint(header: dict) -> bool:
-    if any(k.startswith("conditioner.embedders.1.") for k in header):
-        return True
-    unet = {k: v for k, v in header.items() if k.startswith("model.diffusion_model.")}
-    return cross_attention_width(unet) == SDXL_CONTEXT
 
 
 def check_checkpoints(folders: list[Path]) -> Finding:
@@ -326,10 +235,10 @@ def run_checks(deep: bool = False) -> list[Finding]:
 
     register_adapter_folder()
     face_models.register_folder()
-    findings = [check_host(host_version()), check_torch(), *check_insightface(), check_onnxruntime()]
+    findings = [check_host(host_version()), check_torch(), *check_insightface(), check_onnxruntime(), check_opencv()]
     findings += check_adapters(_folders(ADAPTER_FOLDER), deep)
-    findings += check_identitynet(_folders("controlnet"))
-    findings += check_face_pack(face_models.insightface_roots())
+    findings += check_identitynet(_folders("controlnet"), deep)
+    findings += check_face_pack(face_models.insightface_roots(), deep=deep)
     findings.append(check_checkpoints(_folders("checkpoints")))
     return findings
 
@@ -380,7 +289,8 @@ def _boot_host(models_dir: Path | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check the InstantID setup: host, packages, model files.")
     parser.add_argument("--models-dir", type=Path, help="a ComfyUI models folder to check instead of the host's")
-    parser.add_argument("--deep", action="store_true", help="also unpickle a full-size .bin adapter to check its keys (1.7 GB)")
+    parser.add_argument("--deep", action="store_true", help="also check the sha256 of IdentityNet and the antelopev2 files (reads 2.8 GB) "
+                        "and unpickle a large .bin adapter of another size to check its keys")
     args = parser.parse_args(argv)
     if "folder_paths" not in sys.modules:
         _boot_host(args.models_dir)

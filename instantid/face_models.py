@@ -188,16 +188,26 @@ def locate_pack(pack: str, roots: list[Path] | None = None) -> PackLocation:
         described = ", ".join(f"{m} ({FILE_NOTES[m]})" if m in FILE_NOTES else m for m in missing)
         raise FaceModelsError(
             f"insightface model pack '{pack}' is incomplete in {folder}: missing {described}. "
-            f"Put the missing file(s) in that folder (InstantID needs {' and '.join(needed or ())})."
+            f"{_download_advice(pack)}Put the missing file(s) in that folder (InstantID needs {' and '.join(needed or ())})."
         )
     expected = ", ".join(needed) if needed else "the pack's .onnx files"
     where = "; ".join(str(p) for p in searched) or "(no insightface folder is registered)"
     first = roots[0] / "models" / pack if roots else Path("models/insightface/models") / pack
     raise FaceModelsError(
         f"insightface model pack '{pack}' not found. Looked in: {where}. "
-        f"Put {expected} in {first} (or add an `insightface:` entry to extra_model_paths.yaml "
+        f"{_download_advice(pack)}Put {expected} in {first} (or add an `insightface:` entry to extra_model_paths.yaml "
         "pointing at a folder with models/<pack>/ inside). Nothing is downloaded automatically."
     )
+
+
+def _download_advice(pack: str) -> str:
+    """The pack's download script fetches antelopev2 (from insightface's release zip); other packs are put in by hand."""
+    if pack != DEFAULT_PACK:
+        return ""
+    from .paths import download_models_dir
+    from .published import download_hint
+
+    return f"{download_hint('antelopev2', download_models_dir())}. Or: "
 
 
 # ---------------------------------------------------------------- runtime

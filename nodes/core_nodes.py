@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..instantid import pipeline
 from ..instantid.adapter import load_adapter
 from ..instantid.faces import COMBINE_MODES
-from ..instantid.paths import ADAPTER_FOLDER
+from ..instantid.paths import ADAPTER_FOLDER, adapter_download_hint, folders_text
 from .types import CATEGORY, COMBINE_TOOLTIP, PLACEMENT_TOOLTIP, Adapter, Faces, choice_error
 
 PLACEMENTS = ["cover", "contain"]
@@ -69,7 +69,7 @@ class InstantIDLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, instantid_file: str) -> bool | str:
         return choice_error(instantid_file, folder_paths.get_filename_list(ADAPTER_FOLDER), "an adapter file in models/instantid",
-                            "Pick one from the list; put ip-adapter.bin in ComfyUI/models/instantid.")
+                            f"Pick one from the list; put ip-adapter.bin in {folders_text(ADAPTER_FOLDER)}. {adapter_download_hint()}.")
 
     @classmethod
     def execute(cls, instantid_file: str) -> io.NodeOutput:

@@ -15,12 +15,14 @@ class InstantIDDoctor(io.ComfyNode):
             node_id="InstantIDDoctor",
             display_name="InstantID Doctor",
             category=CATEGORY,
-            description="Checks the setup: ComfyUI version, torch/CUDA, insightface, onnxruntime, numpy, and every model "
-            "file InstantID needs (present, right size, right kind). Each problem comes with its fix.",
+            description="Checks the setup: ComfyUI version, torch/CUDA, insightface, onnxruntime, OpenCV, numpy, and every model "
+            "file InstantID needs (present, the published size and sha256, the right kind: IdentityNet is found by its tensors, "
+            "whatever its name). Each problem comes with its fix.",
             is_output_node=True,
             inputs=[
-                io.Boolean.Input("deep", default=False, tooltip="Also unpickle a full-size ip-adapter.bin to check its keys "
-                                 "(reads 1.7 GB). Off: size and safetensors headers only, instant."),
+                io.Boolean.Input("deep", default=False, tooltip="Also check the sha256 of IdentityNet and the antelopev2 files "
+                                 "(reads 2.8 GB) and unpickle a large adapter .bin of another size to check its keys. Off: sizes, "
+                                 "safetensors headers, and the adapter's sha256 (which loading it checks anyway)."),
             ],
             outputs=[io.String.Output(display_name="report", tooltip="The findings as text, one per line with its fix.")],
         )

@@ -17,6 +17,7 @@ from comfy_api.latest import io, ui
 
 from ..instantid import face_analysis, face_models, face_store, keypoints, similarity
 from ..instantid.faces import COMBINE_MODES
+from ..instantid.paths import folders_text
 from .types import CATEGORY, COMBINE_TOOLTIP, FaceAnalyzer, Faces, choice_error
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ class InstantIDFaceAnalyzerLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, model_pack: str, provider: str, det_size: int) -> bool | str:
         return choice_error(model_pack, _pack_options(), "an insightface model pack",
-                            "Put the pack's .onnx files in ComfyUI/models/insightface/models/<pack>/.")
+                            f"Put the pack's .onnx files in <insightface folder>/models/<pack>/; the insightface folders are "
+                            f"{folders_text(face_models.FOLDER_NAME)}.")
 
     @classmethod
     def execute(cls, model_pack: str, provider: str, det_size: int) -> io.NodeOutput:

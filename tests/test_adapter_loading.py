@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +116,88 @@ def test_empty_file(tmp_path):
     expect_adapter_error(path)
 
 
-def test_missing_file(tmp_path):
-    expect_adapter_error(tmp_path / "nope.bin", "not found")
+def test_missing_file_names_the_real_folders_and_the_download_script(tmp_path):
+    import folder_paths
+
+    message = expect_adapter_error(tmp_path / "nope.bin", "not found")
+    assert folder_paths.get_folder_paths("instantid")[0] in message and "ComfyUI/models/instantid" not in message
+    assert "download_models.py --only adapter" in message and "make models" not in message
+
+
+# ----------------------------------------------------------------------------
+# A pickle with the published size is hashed before it is unpickled
+# ----------------------------------------------------------------------------
+
+def _published_like(path: Path, sha256: str | None = None):
+    """A PublishedFile record for a test-built file: its own size, and its own digest unless one is given."""
+    from instantid.published import PublishedFile
+
+    return PublishedFile("ip-adapter.bin", path.stat().st_size, sha256 or hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def _count_hashing(monkeypatch) -> list:
+    """Counts the digests instantid.published computes (its own reference to hashlib is swapped, nothing else is)."""
+    import types
+
+    from instantid import published
+
+    started = []
+
+    def sha256():
+        started.append(1)
+        return hashlib.sha256()
+
+    monkeypatch.setattr(published, "hashlib", types.SimpleNamespace(sha256=sha256))
+    return started
+
+
+def test_published_size_with_another_digest_is_never_unpickled(tmp_path, monkeypatch):
+    import comfy.utils
+
+    from instantid.adapter import read_adapter_file
+    from instantid.errors import AdapterFileError
+
+    path = tmp_path / "ip-adapter.bin"
+    torch.save(small_adapter_sd(), path)
+    claimed = _published_like(path, sha256="0" * 64)
+    unpickled = []
+    monkeypatch.setattr(comfy.utils, "load_torch_file", lambda *a, **k: unpickled.append(a))
+    with pytest.raises(AdapterFileError) as info:
+        read_adapter_file(str(path), claimed)
+    message = str(info.value)
+    assert f"size of the published ip-adapter.bin ({path.stat().st_size:,} bytes) but not its sha256" in message
+    assert "was not unpickled" in message and "download_models.py --only adapter" in message
+    assert unpickled == []
+
+
+def test_published_file_is_hashed_once_then_again_only_when_it_changes(tmp_path, monkeypatch):
+    from instantid.adapter import read_adapter_file
+    from instantid.errors import AdapterFileError
+
+    path = tmp_path / "ip-adapter.bin"
+    torch.save(small_adapter_sd(), path)
+    genuine = _published_like(path)
+    hashed = _count_hashing(monkeypatch)
+    sd = read_adapter_file(str(path), genuine)
+    assert set(sd) == {"image_proj", "ip_adapter"} and len(hashed) == 1
+    read_adapter_file(str(path), genuine)
+    read_adapter_file(str(path), genuine)
+    assert len(hashed) == 1, "the verified digest of an unchanged file was not remembered"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size, other content
+    path.write_bytes(bytes(data))
+    with pytest.raises(AdapterFileError, match="not its sha256"):
+        read_adapter_file(str(path), genuine)
+    assert len(hashed) == 2
+
+
+def test_other_sizes_are_not_hashed(tmp_path, monkeypatch):
+    from instantid import adapter
+
+    path = tmp_path / "ip-adapter-resaved.bin"
+    torch.save(small_adapter_sd(), path)
+    monkeypatch.setattr(adapter, "sha256_file", lambda p: pytest.fail("hashed a file that cannot be the published one"))
+    assert set(adapter.read_adapter_file(str(path))) == {"image_proj", "ip_adapter"}
 
 
 def test_plain_ip_adapter_file(tiny_files):
