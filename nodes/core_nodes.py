@@ -5,7 +5,7 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from ..instantid import pipeline
+from ..instantid import pipeline, sources
 from ..instantid.adapter import load_adapter
 from ..instantid.faces import COMBINE_MODES
 from ..instantid.paths import ADAPTER_FOLDER
@@ -68,8 +68,10 @@ class InstantIDLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, instantid_file: str) -> bool | str:
-        return choice_error(instantid_file, folder_paths.get_filename_list(ADAPTER_FOLDER), "an adapter file in models/instantid",
-                            "Pick one from the list; put ip-adapter.bin in ComfyUI/models/instantid.")
+        folders = folder_paths.get_folder_paths(ADAPTER_FOLDER)
+        return choice_error(instantid_file, folder_paths.get_filename_list(ADAPTER_FOLDER),
+                            f"an adapter file in {' or '.join(folders)}",
+                            sources.adapter_hint(folders[0] if folders else "ComfyUI/models/instantid"))
 
     @classmethod
     def execute(cls, instantid_file: str) -> io.NodeOutput:

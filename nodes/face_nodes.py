@@ -15,7 +15,7 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..instantid import face_analysis, face_models, face_store, keypoints, similarity
+from ..instantid import face_analysis, face_models, face_store, keypoints, similarity, sources
 from ..instantid.faces import COMBINE_MODES
 from .types import CATEGORY, COMBINE_TOOLTIP, FaceAnalyzer, Faces, choice_error
 
@@ -71,9 +71,20 @@ class InstantIDFaceAnalyzerLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_pack: str, provider: str, det_size: int) -> bool | str:
-        return choice_error(model_pack, _pack_options(), "an insightface model pack",
-                            "Put the pack's .onnx files in ComfyUI/models/insightface/models/<pack>/.")
+    def validate_inputs(cls, model_pack: str) -> bool | str:
+        # Only model_pack: ComfyUI attributes the message to each argument named here (and range-checks
+        # det_size itself only when it is not).
+        verdict = choice_error(model_pack, _pack_options(), "an insightface model pack",
+                               "Put the pack's .onnx files in ComfyUI/models/insightface/models/<pack>/.")
+        if verdict is not True:
+            return verdict
+        # Checked here, not only when the node runs, so that the first /prompt names this pack together
+        # with every other missing file.
+        try:
+            face_models.locate_pack(model_pack)
+        except face_models.FaceModelsError as exc:
+            return f"{exc} {sources.face_pack_hint(model_pack)}"
+        return True
 
     @classmethod
     def execute(cls, model_pack: str, provider: str, det_size: int) -> io.NodeOutput:
