@@ -145,8 +145,13 @@ def _dialog_entries(page) -> list[str]:
 
 
 def _close_dialogs(page) -> None:
-    page.keyboard.press("Escape")
-    page.wait_for_function("() => !document.querySelector('.comfy-missing-models')", timeout=10_000)
+    """Close whatever dialog is open (one a failed test left behind, too)."""
+    for _ in range(3):
+        if not page.evaluate("() => !!document.querySelector('.p-dialog-mask')"):
+            return
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+    assert not page.evaluate("() => !!document.querySelector('.p-dialog-mask')"), "a dialog does not close"
 
 
 def test_template_browser_lists_the_packs_workflows_and_opens_one_naming_every_missing_file(page):
@@ -216,6 +221,7 @@ def test_first_prompt_names_every_missing_file_of_the_pack(server):
 
 
 def test_node_help_panel_shows_the_packs_page(page):
+    _close_dialogs(page)
     page.evaluate("""() => {
         app.graph.clear();
         const node = LiteGraph.createNode("InstantIDApply");
@@ -241,6 +247,7 @@ def test_node_help_panel_shows_the_packs_page(page):
 
 
 def _run_doctor(server, page) -> tuple[int, str]:
+    _close_dialogs(page)
     node_id = page.evaluate("""() => {
         app.graph.clear();
         const node = LiteGraph.createNode("InstantIDDoctor");
@@ -339,6 +346,7 @@ def test_pack_sockets_have_their_own_colours(page):
                     assert math.dist(rgb[i], rgb[j]) > 60, (mine[i], (mine + CORE_SLOT_COLORS)[j])
         return mine
 
+    _close_dialogs(page)
     mine = distinct(colours())
     # The frontend resets slot colours when the palette changes: they must come back.
     page.evaluate("() => app.extensionManager.setting.set('Comfy.ColorPalette', 'light')")
