@@ -146,10 +146,13 @@ def _mean(values: list[float], default: float) -> float:
     return sum(values) / len(values) if values else default
 
 
-def _order(col: dict, preds: dict, succs: dict, height: dict, start: dict) -> dict[int, list[int]]:
-    """Top-to-bottom order in each column: links as straight as a few barycentre sweeps make them."""
+def _order(col: dict, preds: dict, succs: dict, height: dict) -> dict[int, list[int]]:
+    """Top-to-bottom order in each column: links as straight as a few barycentre sweeps make them.
+
+    Starts from node id order, not from the current positions, so that laying a workflow out again changes nothing.
+    """
     columns = defaultdict(list)
-    for n in sorted(col, key=lambda n: start[n]):
+    for n in sorted(col):
         columns[col[n]].append(n)
 
     def centres():
@@ -180,9 +183,8 @@ def layout(workflow: dict, sizes: dict[int, tuple[float, float]]) -> dict[int, t
     ids = [n["id"] for n in workflow["nodes"] if n["id"] not in notes]
     preds, succs = _edges(workflow)
     height = {n: sizes[n][1] + TITLE for n in sizes}
-    start = {n["id"]: (n["pos"][1], n["pos"][0], n["id"]) for n in workflow["nodes"]}
     col = _columns(ids, preds, succs, height)
-    columns = _order(col, preds, succs, height, start)
+    columns = _order(col, preds, succs, height)
     # Notes (the read-me) go on top of the shortest of the first two columns: where reading starts.
     for note in notes:
         shortest = min((c for c in columns if c <= 1), key=lambda c: sum(height[n] + ROW_GAP for n in columns[c]))
