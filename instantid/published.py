@@ -113,3 +113,10 @@ def download_command(only: str | None = None, models_dir: os.PathLike | str | No
 def download_hint(only: str | None = None, models_dir: os.PathLike | str | None = None) -> str:
     """The first fix for a missing or damaged model file: run the pack's download script with ComfyUI's Python."""
     return f"Run `{download_command(only, models_dir)}` (the pack's download script, with ComfyUI's Python; it checks sha256)"
+
+
+def face_pack_source(pack: str) -> str:
+    """Where an insightface pack comes from, for a message naming it missing (antelopev2 only; others are put in by hand)."""
+    if pack != "antelopev2":
+        return ""
+    return f"The pack is published as {ANTELOPEV2_ZIP.url} (unzip it into <insightface folder>/models/)."

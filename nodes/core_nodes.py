@@ -5,7 +5,7 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from ..instantid import pipeline
+from ..instantid import pipeline, published
 from ..instantid.adapter import load_adapter
 from ..instantid.faces import COMBINE_MODES
 from ..instantid.paths import ADAPTER_FOLDER, adapter_download_hint, folders_text
@@ -69,7 +69,8 @@ class InstantIDLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, instantid_file: str) -> bool | str:
         return choice_error(instantid_file, folder_paths.get_filename_list(ADAPTER_FOLDER), "an adapter file in models/instantid",
-                            f"Pick one from the list; put ip-adapter.bin in {folders_text(ADAPTER_FOLDER)}. {adapter_download_hint()}.")
+                            f"Pick one from the list; put {published.ADAPTER.filename} ({published.ADAPTER.url}) in "
+                            f"{folders_text(ADAPTER_FOLDER)}. {adapter_download_hint()}.")
 
     @classmethod
     def execute(cls, instantid_file: str) -> io.NodeOutput:

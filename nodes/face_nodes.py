@@ -15,7 +15,7 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..instantid import face_analysis, face_models, face_store, keypoints, similarity
+from ..instantid import face_analysis, face_models, face_store, keypoints, published, similarity
 from ..instantid.faces import COMBINE_MODES
 from ..instantid.paths import folders_text
 from .types import CATEGORY, COMBINE_TOOLTIP, FaceAnalyzer, Faces, choice_error
@@ -72,10 +72,21 @@ class InstantIDFaceAnalyzerLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_pack: str, provider: str, det_size: int) -> bool | str:
-        return choice_error(model_pack, _pack_options(), "an insightface model pack",
-                            f"Put the pack's .onnx files in <insightface folder>/models/<pack>/; the insightface folders are "
-                            f"{folders_text(face_models.FOLDER_NAME)}.")
+    def validate_inputs(cls, model_pack: str) -> bool | str:
+        # Only model_pack: ComfyUI attributes the message to each argument named here (and range-checks
+        # det_size itself only when it is not).
+        verdict = choice_error(model_pack, _pack_options(), "an insightface model pack",
+                               f"Put the pack's .onnx files in <insightface folder>/models/<pack>/; the insightface folders are "
+                               f"{folders_text(face_models.FOLDER_NAME)}.")
+        if verdict is not True:
+            return verdict
+        # Checked here, not only when the node runs, so that the first /prompt names this pack together
+        # with every other missing file.
+        try:
+            face_models.locate_pack(model_pack)
+        except face_models.FaceModelsError as exc:
+            return f"{exc} {published.face_pack_source(model_pack)}".strip()
+        return True
 
     @classmethod
     def execute(cls, model_pack: str, provider: str, det_size: int) -> io.NodeOutput:

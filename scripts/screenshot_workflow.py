@@ -32,14 +32,15 @@ def main(workflow: Path, out: Path) -> None:
         urllib.request.urlopen(req, timeout=10).read()
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=LAUNCH_ARGS)
-            page = browser.new_page(viewport={"width": 1800, "height": 1000})
+            page = browser.new_page(viewport={"width": 1600, "height": 900})
             page.goto(url, wait_until="domcontentloaded", timeout=30_000)
             page.wait_for_function("() => window.app && window.app.vueAppReady && window.app.graph", timeout=60_000)
             page.evaluate("(wf) => app.loadGraphData(wf, true, true, null, {showMissingModelsDialog: false, showMissingNodesDialog: false})",
                           json.loads(workflow.read_text()))
             page.wait_for_timeout(1500)
             page.keyboard.press("Escape")
-            page.evaluate("""() => {
+            page.evaluate("""(saved) => {
+                if (saved) return;  // the workflow's own view (extra.ds) is what a user sees on opening it
                 const nodes = app.graph._nodes;
                 const minX = Math.min(...nodes.map((n) => n.pos[0])), minY = Math.min(...nodes.map((n) => n.pos[1] - 30));
                 const maxX = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
@@ -49,7 +50,7 @@ def main(workflow: Path, out: Path) -> None:
                 app.canvas.ds.scale = scale;
                 app.canvas.ds.offset = [90 / scale - minX, 90 / scale - minY];
                 app.graph.setDirtyCanvas(true, true);
-            }""")
+            }""", bool(json.loads(workflow.read_text()).get("extra", {}).get("ds")))
             page.wait_for_timeout(800)
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out))

@@ -10,52 +10,23 @@ Playwright never downloads a browser here.
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from browser import first_run_done, launch, new_page, require_browser, screenshot
 
 pytestmark = pytest.mark.server
-
-CHROMIUM = Path("/usr/bin/chromium")
-# The pack's web folder is served under its folder name (WEB_DIRECTORY) and, from
-# pyproject's [tool.comfy] web, under the project name too: errors from either count.
-PACK_URLS = ("/extensions/comfyui-instantid/", "/extensions/instantid-faces/")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync"]
-
-
-def _browser_missing() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install -r requirements-dev.txt)"
-    if not CHROMIUM.exists():
-        how = "run scripts/install_browser.sh" if shutil.which("apt-get") else "no apt-get here to install it"
-        return f"{CHROMIUM} is missing ({how})"
-    return None
-
-
-def _from_pack(text: str) -> bool:
-    return any(url in text for url in PACK_URLS)
+JS_FILES = sorted(p.name for p in (Path(__file__).resolve().parent.parent / "js").glob("*.js"))
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    reason = _browser_missing()
-    if reason:
-        pytest.skip(f"browser test needs Chromium and Playwright: {reason}")
+    require_browser()
     from server import Server
 
     srv = Server(tmp_path_factory.mktemp("browser-base"))
-    # Without this a first-run templates dialog covers the canvas.
-    req = urllib.request.Request(srv.url + "/settings", data=json.dumps({"Comfy.TutorialCompleted": True}).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=30) as r:  # answers 200 with an empty body
-        assert r.status == 200
+    first_run_done(srv.url)
     yield srv
     srv.stop()
 
@@ -65,41 +36,21 @@ def page(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.pack_errors = []  # console errors and uncaught exceptions from the pack's own script
-        page.pack_responses = {}  # url -> status of everything served from the pack's web directory
-
-        def on_console(msg):
-            where = msg.location.get("url", "") if msg.location else ""
-            if msg.type == "error" and _from_pack(where + " " + msg.text):
-                page.pack_errors.append(f"console: {msg.text} ({where})")
-
-        def on_page_error(err):
-            if _from_pack(f"{err} {err.stack}"):
-                page.pack_errors.append(f"pageerror: {err}\n{err.stack}")
-
-        def on_response(resp):
-            if _from_pack(resp.url):
-                page.pack_responses[resp.url] = resp.status
-
-        page.on("console", on_console)
-        page.on("pageerror", on_page_error)
-        page.on("response", on_response)
-        page.goto(server.url, wait_until="domcontentloaded", timeout=30_000)
-        page.wait_for_function("() => window.app && window.app.vueAppReady && window.app.graph", timeout=30_000)
-        yield page
+        browser = launch(pw)
+        yield new_page(browser, server.url, {"width": 1280, "height": 800})
         browser.close()
 
 
 def test_extension_is_loaded(page):
     names = page.evaluate("() => Array.from(app.extensions, (e) => e.name)")
-    assert names.count("instantid.faces") == 1, f"extension not registered exactly once; registered: {names}"
-    served = {url.split("/extensions/", 1)[1]: status for url, status in page.pack_responses.items()}
-    assert served == {"comfyui-instantid/instantid.js": 200}, f"js/ must be served once, under one address: {served}"
+    for name in ("instantid.faces", "instantid.socketColors", "instantid.missingModels"):
+        assert names.count(name) == 1, f"extension {name} not registered exactly once; registered: {names}"
+    served = {url.split("/extensions/", 1)[1]: status for url, status in page.pack_responses.items()
+              if url.endswith(".js")}
+    assert served == {f"comfyui-instantid/{name}": 200 for name in JS_FILES}, f"js/ must be served once, under one address: {served}"
 
 
-def test_doctor_report_shows_in_the_node(server, page, tmp_path):
+def test_doctor_report_shows_in_the_node(server, page):
     node_id = page.evaluate("""() => {
         app.graph.clear();
         const node = LiteGraph.createNode("InstantIDDoctor");
@@ -135,11 +86,16 @@ def test_doctor_report_shows_in_the_node(server, page, tmp_path):
     shown = page.evaluate("""(id) => {
         const node = app.graph.getNodeById(id);
         const w = node.widgets.find((w) => w.name === "instantid_report");
-        return {value: w.value, readOnly: w.inputEl?.readOnly, visible: w.inputEl?.checkVisibility?.() ?? null,
-                widgets: node.widgets.map((w) => w.name)};
+        return {value: w.value, text: w.inputEl?.shadowRoot?.textContent ?? "",
+                editable: !!w.inputEl?.shadowRoot?.querySelector("textarea, input, [contenteditable=true]"),
+                visible: w.inputEl?.checkVisibility?.() ?? null, widgets: node.widgets.map((w) => w.name)};
     }""", node_id)
     assert shown["value"] == entry["outputs"][str(node_id)]["text"][0]
-    assert shown["readOnly"] is True and shown["visible"] is True, shown
+    assert shown["editable"] is False and shown["visible"] is True, shown
+    # Every finding of the report is shown (the panel regroups them, so compare the findings' texts).
+    for line in shown["value"].splitlines():
+        if line.startswith("["):
+            assert line.split("]", 1)[1].strip() in " ".join(shown["text"].split()), line
     assert shown["widgets"] == ["deep", "instantid_report"], shown
 
     # Still out of the prompt and the workflow after the widget exists.
@@ -148,10 +104,7 @@ def test_doctor_report_shows_in_the_node(server, page, tmp_path):
     [doctor] = [n for n in saved["workflow"]["nodes"] if n["id"] == node_id]
     assert doctor["widgets_values"] == [False], doctor["widgets_values"]
 
-    shot = tmp_path / "doctor_report.png"
-    page.screenshot(path=str(shot))
-    print(f"screenshot: {shot}")
-    assert shot.stat().st_size > 0
+    assert screenshot(page, "doctor_report_1280").stat().st_size > 0
 
     # A saved workflow loads back with the right `deep` value (the report does not shift widgets_values).
     reloaded = page.evaluate("""async (id) => {
