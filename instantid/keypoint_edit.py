@@ -126,8 +126,10 @@ def parse_edited_keypoints(value) -> np.ndarray:
     try:
         data = json.loads(value)
     except json.JSONDecodeError as exc:
+        # ComfyUI turns a non-string API value into str(value): a dict arrives as Python text with single quotes.
+        python = " It looks like Python's text for a dict: send json.dumps(value)." if value.lstrip().startswith("{'") else ""
         raise KeypointValueError(f"keypoints is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-                                 f"expected e.g. {example}.") from None
+                                 f"expected e.g. {example}.{python}") from None
     if not isinstance(data, dict) or "faces" not in data:
         raise KeypointValueError(f"keypoints must be an object with a 'faces' list, e.g. {example}.")
     unknown = sorted(set(data) - {"faces"})

@@ -22,11 +22,6 @@ function css(el, styles) {
   return el;
 }
 
-function rgb([r, g, b], factor = 1) {
-  // The engine dims limbs by a factor with truncation to uint8.
-  return `rgb(${Math.trunc(r * factor)}, ${Math.trunc(g * factor)}, ${Math.trunc(b * factor)})`;
-}
-
 // Checks the structure the server checks, so a value the page cannot show is kept as text (and reported by
 // the server at queue time) instead of being rewritten.
 function parseFaces(text) {
@@ -63,52 +58,161 @@ function transformFace(face, size, { degrees = 0, scale = 1, dx = 0, dy = 0, mir
   });
 }
 
-// One face as instantid/keypoints.py draw_keypoints draws it, at `scale` display pixels per generation pixel:
-// limbs as filled ellipses (integer centre, semi-axes int(length/2) and the stick width, integer-degree
-// rotation) in the dimmed colour of their non-nose point, then full-colour discs at the integer pixels.
-function drawFace(ctx, face, size, scale, style) {
-  const [W, H] = size;
-  const pts = face.map(([u, v]) => [u * W, v * H]);
-  const at = (v) => (Math.trunc(v) + 0.5) * scale; // pixel centre of the integer pixel the engine uses
+// ------------------------------------------------------------ the hint, pixel for pixel as the engine draws it
+// instantid/keypoints.py draws with OpenCV: limbs are ellipse2Poly polygons (integer vertices from a sine table of
+// whole degrees with 7 decimals in single precision, rounded half to even) filled by fillConvexPoly (8-connected
+// outline plus scanline spans stepped in 16.16 fixed point); discs are every pixel within the radius; no
+// anti-aliasing. The same rules are written out here so the page shows the very pixels the server will make
+// (tests/test_keypoint_editor_browser.py compares them). Lines are not clipped the way OpenCV clips them, so a
+// limb crossing the canvas edge can differ there by a pixel.
+const SIN_TABLE = Array.from({ length: 451 }, (_, k) => Math.fround(Number(Math.sin((k * Math.PI) / 180).toFixed(7))));
+const MAX_EXACT_PIXELS = 2048 * 2048; // above this the preview is drawn at a reduced size (approximate)
+
+function roundHalfEven(v) {
+  const f = Math.floor(v);
+  const d = v - f;
+  if (d !== 0.5) return d > 0.5 ? f + 1 : f;
+  return f % 2 === 0 ? f : f + 1;
+}
+
+function ellipsePolygon(cx, cy, a, b, degrees) {
+  let angle = degrees;
+  while (angle < 0) angle += 360;
+  while (angle > 360) angle -= 360;
+  const cos = SIN_TABLE[450 - angle];
+  const sin = SIN_TABLE[angle];
+  const pts = [];
+  for (let i = 0; i <= 360; i++) {
+    const x = a * SIN_TABLE[450 - i];
+    const y = b * SIN_TABLE[i];
+    const p = [roundHalfEven(cx + x * cos - y * sin), roundHalfEven(cy + x * sin + y * cos)];
+    const last = pts[pts.length - 1];
+    if (!last || last[0] !== p[0] || last[1] !== p[1]) pts.push(p);
+  }
+  return pts;
+}
+
+class Raster {
+  constructor(width, height) {
+    this.width = width;
+    this.height = height;
+    this.data = new Uint8ClampedArray(width * height * 4);
+  }
+
+  set(x, y, colour) {
+    if (x < 0 || y < 0 || x >= this.width || y >= this.height) return;
+    const i = (y * this.width + x) * 4;
+    this.data[i] = colour[0];
+    this.data[i + 1] = colour[1];
+    this.data[i + 2] = colour[2];
+    this.data[i + 3] = 255;
+  }
+
+  span(y, x1, x2, colour) {
+    if (y < 0 || y >= this.height) return;
+    for (let x = Math.max(x1, 0); x <= Math.min(x2, this.width - 1); x++) this.set(x, y, colour);
+  }
+
+  // 8-connected line from the endpoint with the smaller x; the minor axis steps only past the half-pixel mark.
+  line([x0, y0], [x1, y1], colour) {
+    if (x1 < x0) [x0, y0, x1, y1] = [x1, y1, x0, y0];
+    const sy = y1 < y0 ? -1 : 1;
+    const dx = x1 - x0;
+    const dy = Math.abs(y1 - y0);
+    const steep = dy > dx;
+    const major = steep ? dy : dx;
+    const minor = steep ? dx : dy;
+    let err = major - 2 * minor;
+    let x = x0;
+    let y = y0;
+    for (let k = 0; k <= major; k++) {
+      this.set(x, y, colour);
+      if (err < 0) {
+        if (steep) x += 1;
+        else y += sy;
+        err += 2 * major;
+      }
+      err -= 2 * minor;
+      if (steep) y += sy;
+      else x += 1;
+    }
+  }
+
+  // Convex polygon: its outline, then for each row the span between the two vertex chains that run down from
+  // the (first) top vertex, each chain's x stepped per row in 16.16 fixed point and rounded half up.
+  convexPolygon(pts, colour) {
+    const n = pts.length;
+    pts.forEach((p, i) => this.line(pts[(i + n - 1) % n], p, colour));
+    const ys = pts.map((p) => p[1]);
+    const top = ys.indexOf(Math.min(...ys));
+    const chains = [1, n - 1].map((di) => {
+      const rows = new Map();
+      let i0 = top;
+      for (let count = n; count > 0; count--) {
+        const i1 = (i0 + di) % n;
+        const [xs, ys0] = pts[i0];
+        const [xe, ye] = pts[i1];
+        if (ye < ys0) break;
+        if (ye > ys0) {
+          const step = Math.trunc(((xe - xs) * 65536 * 2 + (ye - ys0)) / (2 * (ye - ys0)));
+          for (let y = ys0; y <= ye; y++) rows.set(y, xs * 65536 + (y - ys0) * step);
+        }
+        i0 = i1;
+      }
+      return rows;
+    });
+    for (const [y, xa] of chains[0]) {
+      const xb = chains[1].get(y);
+      if (xb === undefined) continue;
+      this.span(y, Math.floor((Math.min(xa, xb) + 32768) / 65536), Math.floor((Math.max(xa, xb) + 32768) / 65536), colour);
+    }
+  }
+
+  disc(cx, cy, r, colour) {
+    for (let dy = -r; dy <= r; dy++) {
+      let reach = Math.floor(Math.sqrt(r * r - dy * dy));
+      while ((reach + 1) ** 2 + dy * dy <= r * r) reach += 1;
+      while (reach > 0 && reach ** 2 + dy * dy > r * r) reach -= 1;
+      this.span(cy + dy, cx - reach, cx + reach, colour);
+    }
+  }
+}
+
+// One face drawn as draw_keypoints draws it: limbs in the dimmed colour of their non-nose point, then discs.
+function drawFace(raster, face, [W, H], k, style) {
+  const pts = face.map(([u, v]) => [u * W * k, v * H * k]);
+  const stick = Math.max(1, Math.round(style.stick_width * k));
+  const radius = Math.max(1, Math.round(style.point_radius * k));
   for (const [a, b] of style.limbs) {
     const [xa, ya] = pts[a];
     const [xb, yb] = pts[b];
     const semi = Math.trunc(Math.hypot(xa - xb, ya - yb) / 2);
-    const angle = Math.trunc((Math.atan2(ya - yb, xa - xb) * 180) / Math.PI);
-    ctx.beginPath();
-    ctx.ellipse(at((xa + xb) / 2), at((ya + yb) / 2), Math.max(semi, 0.5) * scale, style.stick_width * scale,
-      (angle * Math.PI) / 180, 0, 2 * Math.PI);
-    ctx.fillStyle = rgb(style.colours[a], style.limb_dim);
-    ctx.fill();
+    const angle = Math.trunc(Math.atan2(ya - yb, xa - xb) * (180 / Math.PI)); // as Python's math.degrees
+    const colour = style.colours[a].map((c) => Math.trunc(c * style.limb_dim));
+    raster.convexPolygon(ellipsePolygon(Math.trunc((xa + xb) / 2), Math.trunc((ya + yb) / 2), semi, stick, angle), colour);
   }
-  pts.forEach(([x, y], i) => {
-    ctx.beginPath();
-    ctx.arc(at(x), at(y), style.point_radius * scale, 0, 2 * Math.PI);
-    ctx.fillStyle = rgb(style.colours[i]);
-    ctx.fill();
-  });
+  pts.forEach(([x, y], i) => raster.disc(Math.trunc(x), Math.trunc(y), radius, style.colours[i]));
 }
 
-// The whole hint: black canvas, each face drawn on its own layer and combined by the per-channel maximum
-// ("lighten"), as the engine combines several faces.
-export function renderHint(canvas, faces, size, scale, style) {
-  const ctx = canvas.getContext("2d");
-  ctx.save();
-  ctx.globalCompositeOperation = "source-over";
-  ctx.fillStyle = "#000";
-  ctx.fillRect(0, 0, canvas.width, canvas.height);
-  const layer = document.createElement("canvas");
-  layer.width = canvas.width;
-  layer.height = canvas.height;
-  const lctx = layer.getContext("2d");
+// The hint of all faces as RGBA ImageData of the generation size (or a reduced size above MAX_EXACT_PIXELS):
+// black, each face drawn on its own layer, layers combined by the per-channel maximum as the engine combines them.
+export function hintImage(faces, [W, H], style) {
+  const k = Math.min(1, Math.sqrt(MAX_EXACT_PIXELS / (W * H)));
+  const w = Math.max(1, Math.round(W * k));
+  const h = Math.max(1, Math.round(H * k));
+  const out = new ImageData(w, h);
+  for (let i = 3; i < out.data.length; i += 4) out.data[i] = 255;
   for (const face of faces) {
-    lctx.globalCompositeOperation = "source-over";
-    lctx.clearRect(0, 0, layer.width, layer.height);
-    drawFace(lctx, face, size, scale, style);
-    ctx.globalCompositeOperation = "lighten";
-    ctx.drawImage(layer, 0, 0);
+    const layer = new Raster(w, h);
+    drawFace(layer, face, [W, H], k, style);
+    for (let i = 0; i < out.data.length; i += 4) {
+      if (!layer.data[i + 3]) continue;
+      out.data[i] = Math.max(out.data[i], layer.data[i]);
+      out.data[i + 1] = Math.max(out.data[i + 1], layer.data[i + 1]);
+      out.data[i + 2] = Math.max(out.data[i + 2], layer.data[i + 2]);
+    }
   }
-  ctx.restore();
+  return out;
 }
 
 class KeypointEditor {
@@ -263,9 +367,16 @@ class KeypointEditor {
     css(this.canvas, { width: `${cssW}px`, height: `${cssH}px` });
     this.canvas.width = Math.max(1, Math.round(cssW * dpr));
     this.canvas.height = Math.max(1, Math.round(cssH * dpr));
-    const scale = this.canvas.width / W;
-    renderHint(this.canvas, this.faces, [W, H], scale, this.style);
-    this.drawSelection(scale, [W, H]);
+    const image = hintImage(this.faces, [W, H], this.style);
+    const full = document.createElement("canvas");
+    full.width = image.width;
+    full.height = image.height;
+    full.getContext("2d").putImageData(image, 0, 0);
+    const ctx = this.canvas.getContext("2d");
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(full, 0, 0, this.canvas.width, this.canvas.height);
+    this.drawSelection(this.canvas.width / W, [W, H]);
     this.drawnFor = `${this._text}|${W}x${H}`;
     this.updateStatus([W, H]);
   }

@@ -58,7 +58,7 @@ class InstantIDKeypointEditor(io.ComfyNode):
                       "keypoint image this size."),
                 _size("height", "Generation height in pixels."),
                 Faces.Input("faces", optional=True,
-                            tooltip="Optional starting point: after a run, the editor's 'From input' button loads these "
+                            tooltip="Optional starting point: after a run, the editor's 'from input' button loads these "
                             "faces' keypoints (placed as 'cover' on the canvas). Not used for the output otherwise."),
             ],
             outputs=[io.Image.Output(display_name="keypoint_image",
