@@ -202,14 +202,25 @@ export function hintImage(faces, [W, H], style) {
   const h = Math.max(1, Math.round(H * k));
   const out = new ImageData(w, h);
   for (let i = 3; i < out.data.length; i += 4) out.data[i] = 255;
+  const layer = new Raster(w, h);
+  const reach = Math.max(style.point_radius, style.stick_width) + 2;
   for (const face of faces) {
-    const layer = new Raster(w, h);
     drawFace(layer, face, [W, H], k, style);
-    for (let i = 0; i < out.data.length; i += 4) {
-      if (!layer.data[i + 3]) continue;
-      out.data[i] = Math.max(out.data[i], layer.data[i]);
-      out.data[i + 1] = Math.max(out.data[i + 1], layer.data[i + 1]);
-      out.data[i + 2] = Math.max(out.data[i + 2], layer.data[i + 2]);
+    // Only the face's own box holds its pixels: combine and clear there, not over the whole canvas.
+    const xs = face.map(([u]) => u * W * k);
+    const ys = face.map(([, v]) => v * H * k);
+    const x0 = Math.max(0, Math.floor(Math.min(...xs)) - reach);
+    const x1 = Math.min(w - 1, Math.ceil(Math.max(...xs)) + reach);
+    const y0 = Math.max(0, Math.floor(Math.min(...ys)) - reach);
+    const y1 = Math.min(h - 1, Math.ceil(Math.max(...ys)) + reach);
+    for (let y = y0; y <= y1; y++) {
+      for (let i = (y * w + x0) * 4, end = (y * w + x1) * 4; i <= end; i += 4) {
+        if (!layer.data[i + 3]) continue;
+        out.data[i] = Math.max(out.data[i], layer.data[i]);
+        out.data[i + 1] = Math.max(out.data[i + 1], layer.data[i + 1]);
+        out.data[i + 2] = Math.max(out.data[i + 2], layer.data[i + 2]);
+        layer.data.fill(0, i, i + 4);
+      }
     }
   }
   return out;
@@ -263,7 +274,6 @@ class KeypointEditor {
   }
 
   edit(change) {
-    if (!this.faces.length) return;
     this.snapshot();
     this.commit(change(this.faces.map((f) => f.map((p) => [...p]))));
   }
@@ -306,7 +316,7 @@ class KeypointEditor {
       return b;
     };
     const selectedFace = (fn) => () => this.edit((faces) => {
-      faces[this.selected] = fn(faces[this.selected]);
+      if (faces[this.selected]) faces[this.selected] = fn(faces[this.selected]);
       return faces;
     });
     const turn = (options) => selectedFace((face) => transformFace(face, this.size(), options));
@@ -368,7 +378,7 @@ class KeypointEditor {
     this.canvas.width = Math.max(1, Math.round(cssW * dpr));
     this.canvas.height = Math.max(1, Math.round(cssH * dpr));
     const image = hintImage(this.faces, [W, H], this.style);
-    const full = document.createElement("canvas");
+    const full = (this.fullCanvas ??= document.createElement("canvas"));
     full.width = image.width;
     full.height = image.height;
     full.getContext("2d").putImageData(image, 0, 0);
