@@ -27,9 +27,18 @@ def _face_nodes() -> list[type[io.ComfyNode]]:
     return [*FACE_NODES, *QUICK_NODES]
 
 
+def _keypoint_nodes() -> list[type[io.ComfyNode]]:
+    try:
+        from .keypoint_nodes import KEYPOINT_NODES
+    except ImportError as exc:  # OpenCV missing or broken: the other nodes still load
+        log.warning("InstantID keypoint editor nodes unavailable: %s", exc)
+        return []
+    return KEYPOINT_NODES
+
+
 class InstantIDExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*CORE_NODES, *_face_nodes(), *DOCTOR_NODES]
+        return [*CORE_NODES, *_face_nodes(), *_keypoint_nodes(), *DOCTOR_NODES]
 
 
 async def comfy_entrypoint() -> InstantIDExtension:

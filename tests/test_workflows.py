@@ -198,7 +198,7 @@ def with_test_models(prompt: dict, models) -> dict:
             inputs["control_net_name"] = models.controlnet_name
         elif kind == "LoadImage":
             inputs["image"] = models.face_image.name
-        elif kind in ("EmptyLatentImage", "InstantIDKeypointImage"):
+        elif kind in ("EmptyLatentImage", "InstantIDKeypointImage", "InstantIDKeypointEditor"):
             inputs["width"] = inputs["height"] = TEST_SIZE
         elif kind == "KSampler":
             inputs["steps"] = 2
@@ -259,7 +259,8 @@ def test_api_workflow_runs_with_the_tiny_models(server, path):
     check_api(prompt, server.object_info, files_present=True)
     entry = server.run_prompt(prompt, timeout=300)
     assert entry["status"]["status_str"] == "success", f"{entry['status']}\n{server.log_text()[-4000:]}"
-    images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+    # Saved images only: a preview (e.g. of the keypoint hint) goes to temp/.
+    images = [img for out in entry["outputs"].values() for img in out.get("images", []) if img.get("type") == "output"]
     assert len(images) == 1, entry["outputs"]
     saved = server.base / "output" / images[0].get("subfolder", "") / images[0]["filename"]
     with Image.open(saved) as img:
