@@ -17,11 +17,12 @@ register_adapter_folder()
 
 def _face_nodes() -> list[type[io.ComfyNode]]:
     try:
+        from .face_fix_nodes import FACE_FIX_NODES
         from .face_nodes import FACE_NODES
     except ImportError as exc:  # a broken optional dependency must not take the core nodes down
         log.warning("InstantID face nodes unavailable: %s", exc)
         return []
-    return FACE_NODES
+    return [*FACE_NODES, *FACE_FIX_NODES]
 
 
 class InstantIDExtension(ComfyExtension):

@@ -1,0 +1,170 @@
+"""Putting regenerated crops back: the inverse of each crop transform, blended with a feathered mask.
+
+Only pixels inside the blended region change; every other pixel of the
+images is returned bit for bit (the region is where the mask, moved back
+into the image, is at least 0.5).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import cv2
+import numpy as np
+import torch
+
+from .face_crop import CropTransform, FaceCropError, FaceCrops, transform_points, warp
+
+log = logging.getLogger(__name__)
+
+REGIONS = ("face", "whole_crop")
+MAX_STD_RATIO = 2.0  # colour matching never stretches contrast more than this (a flat crop would explode)
+
+
+def _check_images(images: torch.Tensor, crops: FaceCrops) -> None:
+    width, height = crops.source_size
+    if images.ndim != 4 or (int(images.shape[2]), int(images.shape[1])) != (width, height):
+        shape = tuple(images.shape)
+        raise FaceCropError(
+            f"InstantID Face Paste: the CROP was made from {width}x{height} images, but the image input is {shape} "
+            "([batch, height, width, channels]). Paste into the same images the crop node was given."
+        )
+    if int(images.shape[0]) != crops.frame_count:
+        raise FaceCropError(
+            f"InstantID Face Paste: the CROP was made from a batch of {crops.frame_count} image(s), the image input has "
+            f"{images.shape[0]}. Paste into the same batch the crop node was given."
+        )
+
+
+def _crop_matrix_for(t: CropTransform, crop_size: tuple[int, int]) -> np.ndarray:
+    """The transform for a crop that came back at another size (e.g. upscaled): same aspect, edges aligned."""
+    if crop_size == t.size:
+        return t.matrix
+    sx, sy = crop_size[0] / t.size[0], crop_size[1] / t.size[1]
+    if abs(sx / sy - 1) > 0.01:
+        raise FaceCropError(
+            f"InstantID Face Paste: a crop came back {crop_size[0]}x{crop_size[1]}, but it was cut at {t.size[0]}x{t.size[1]} "
+            "(another aspect ratio). Paste the crops at the size the crop node made them (or scaled evenly)."
+        )
+    rescale = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5]], dtype=np.float64)
+    return np.concatenate([rescale[:, :2] @ t.matrix[:, :2], (rescale[:, :2] @ t.matrix[:, 2] + rescale[:, 2])[:, None]], axis=1)
+
+
+def _blend_masks(crops: FaceCrops, count: int, size: tuple[int, int], region: str, mask: torch.Tensor | None) -> list[np.ndarray]:
+    """One mask per crop, in crop pixels of the crops' actual ``size``."""
+    if mask is None:
+        if region not in REGIONS:
+            raise ValueError(f"Unknown paste region {region!r}; expected one of {REGIONS}.")
+        if region == "whole_crop":
+            return [np.ones((size[1], size[0]), np.float32)] * count
+        masks = [t.face_mask for t in crops.transforms]
+    else:
+        given = (mask[None] if mask.ndim == 2 else mask).detach().to("cpu", torch.float32).numpy()
+        if given.shape[0] not in (1, count):
+            raise FaceCropError(f"InstantID Face Paste: the mask has {given.shape[0]} frame(s) for {count} crop(s); give one per crop, or one for all.")
+        masks = [given[i if given.shape[0] > 1 else 0] for i in range(count)]
+    return [m if (m.shape[1], m.shape[0]) == size else cv2.resize(m, size, interpolation=cv2.INTER_LINEAR) for m in masks]
+
+
+def feather_alpha(inside: np.ndarray, feather: float, open_sides: tuple[bool, bool, bool, bool]) -> np.ndarray:
+    """Blend weight: 0 outside ``inside`` (bool), rising smoothly to 1 at ``feather`` px from its border.
+
+    open_sides (left, top, right, bottom): sides where the array ends at the
+    image's own edge; the region is not feathered against those (there is no
+    seam), only against its own border.
+    """
+    pads = [0 if side else 1 for side in open_sides]
+    padded = cv2.copyMakeBorder(inside.astype(np.uint8), pads[1], pads[3], pads[0], pads[2], cv2.BORDER_CONSTANT, value=0)
+    # cv2 treats everything beyond the array as inside, which is what the open sides need.
+    distance = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    distance = distance[pads[1] : pads[1] + inside.shape[0], pads[0] : pads[0] + inside.shape[1]]
+    t = np.clip((distance - 0.5) / max(feather, 1e-6), 0, 1)
+    return (t * t * (3 - 2 * t)).astype(np.float32)
+
+
+def match_colour(pasted: np.ndarray, original: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Shift the pasted pixels' colour (mean and spread per Lab channel, weighted by ``weight``) to the original's."""
+    if pasted.shape[-1] < 3 or float(weight.sum()) <= 0:
+        return pasted
+    w = weight[..., None] / float(weight.sum())
+    to_lab = lambda rgb: cv2.cvtColor(np.ascontiguousarray(np.clip(rgb[..., :3], 0, 1)), cv2.COLOR_RGB2Lab)  # noqa: E731
+    lab_p, lab_o = to_lab(pasted), to_lab(original)
+    mean_p, mean_o = (lab_p * w).sum((0, 1)), (lab_o * w).sum((0, 1))
+    std_p = np.sqrt((((lab_p - mean_p) ** 2) * w).sum((0, 1)))
+    std_o = np.sqrt((((lab_o - mean_o) ** 2) * w).sum((0, 1)))
+    ratio = np.clip(std_o / np.maximum(std_p, 1e-6), 1 / MAX_STD_RATIO, MAX_STD_RATIO)
+    moved = cv2.cvtColor(((lab_p - mean_p) * ratio + mean_o).astype(np.float32), cv2.COLOR_Lab2RGB)
+    out = pasted.copy()
+    out[..., :3] = np.clip(moved, 0, 1)
+    return out
+
+
+def paste_one(frame: torch.Tensor, crop: np.ndarray, matrix: np.ndarray, mask: np.ndarray, feather: float,
+              colour_match: bool) -> tuple[slice, slice, torch.Tensor] | None:
+    """The changed block of one frame ``[H,W,C]``: (rows, cols, new pixels), or ``None`` if nothing changes.
+
+    matrix: source -> crop pixels for this crop's actual size.
+    """
+    height, width = int(frame.shape[0]), int(frame.shape[1])
+    ch, cw = crop.shape[:2]
+    corners = np.array([[-0.5, -0.5], [cw - 0.5, -0.5], [cw - 0.5, ch - 0.5], [-0.5, ch - 0.5]])
+    footprint = transform_points(cv2.invertAffineTransform(matrix), corners)
+    x0, y0 = (max(0, math.floor(v)) for v in footprint.min(0))
+    x1, y1 = min(width, math.ceil(footprint[:, 0].max()) + 1), min(height, math.ceil(footprint[:, 1].max()) + 1)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    size = (x1 - x0, y1 - y0)
+    # crop -> block pixels: the inverse of (block -> source -> crop).
+    to_block = cv2.invertAffineTransform(matrix @ np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]], dtype=np.float64))
+    pasted = warp(crop, to_block, size)
+    pasted = np.clip(pasted, float(crop.min()), float(crop.max()))
+    moved_mask = warp(mask.astype(np.float32), to_block, size, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT)
+    if feather > 0:
+        alpha = feather_alpha(moved_mask >= 0.5, feather, (x0 == 0, y0 == 0, x1 == width, y1 == height))
+    else:
+        alpha = np.clip(moved_mask, 0, 1)
+    if not (alpha > 0).any():
+        return None
+    block = frame[y0:y1, x0:x1].detach().cpu()
+    original = block.to(torch.float32).numpy()
+    if colour_match:
+        pasted = match_colour(pasted, original, alpha)
+    a = alpha[..., None]
+    blended = torch.from_numpy(original * (1 - a) + pasted * a).to(frame.dtype)
+    return slice(y0, y1), slice(x0, x1), torch.where(torch.from_numpy(a > 0), blended, block)
+
+
+def paste_faces(images: torch.Tensor, crops: torch.Tensor, info: FaceCrops, feather: float = 12.0, region: str = "face",
+                mask: torch.Tensor | None = None, colour_match: bool = False) -> torch.Tensor:
+    """Paste each (regenerated) crop back into the frame it was cut from; returns a new IMAGE.
+
+    images: ``[B,H,W,C]``, the batch the CROP ``info`` was made from.
+    crops: ``[N,h,w,C]``, one per transform (any size of the same aspect).
+    feather: blend width in image pixels, inside the region (0: use the mask's own softness).
+    region: ``face`` (the crop node's face mask) or ``whole_crop``; a ``mask`` (crop pixels) overrides it.
+    colour_match: match the pasted region's colour statistics to the original's first.
+    """
+    images = images[None] if images.ndim == 3 else images
+    _check_images(images, info)
+    if info.passes_through:
+        log.warning("InstantID Face Paste: the crop node found nothing to crop; images returned unchanged.")
+        return images
+    count = len(info.transforms)
+    if crops.ndim != 4 or int(crops.shape[0]) != count:
+        raise FaceCropError(
+            f"InstantID Face Paste: the CROP holds {count} crop(s), the crops input {tuple(crops.shape)}. Give the crops "
+            "in the batch the crop node made (one image per crop, same order; no extra batch of variations)."
+        )
+    if crops.shape[-1] != images.shape[-1]:
+        raise FaceCropError(f"InstantID Face Paste: the crops have {crops.shape[-1]} channels, the images {images.shape[-1]}.")
+    size = (int(crops.shape[2]), int(crops.shape[1]))
+    masks = _blend_masks(info, count, size, region, mask)
+    crop_pixels = crops.detach().to("cpu", torch.float32).numpy()
+    out = images.clone()
+    for i, t in enumerate(info.transforms):
+        changed = paste_one(out[t.frame], crop_pixels[i], _crop_matrix_for(t, size), masks[i], feather, colour_match)
+        if changed is not None:
+            rows, cols, pixels = changed
+            out[t.frame, rows, cols] = pixels.to(out.device)
+    return out
