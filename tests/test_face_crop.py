@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from face_fixtures are redefined as arguments)
 """Face crop and paste geometry (instantid.face_crop / face_paste), checked against expectations built here.
 
 The round trip uses a smooth picture with steep gradients (about 7 grey levels
@@ -15,7 +16,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from face_fixtures import face_analyzer, face_pack_root  # noqa: F401  (pytest fixtures)
+from face_fixtures import blank_images, face_analyzer, face_pack_root, paint_face  # noqa: F401
 
 from instantid import face_crop, face_paste, keypoints
 from instantid.face_crop import FaceCropError
@@ -251,8 +252,6 @@ def test_batch_of_frames_and_several_faces_per_frame():
 
 
 def test_faces_from_analysis_crop_one_per_frame_and_skip_empty_frames(face_analyzer):
-    from face_fixtures import blank_images, paint_face
-
     from instantid import face_analysis
 
     images = paint_face(paint_face(blank_images(batch=3), 200, 150, 64, 80, frame=0), 100, 300, 72, 90, frame=2)
@@ -265,8 +264,6 @@ def test_faces_from_analysis_crop_one_per_frame_and_skip_empty_frames(face_analy
 
 
 def test_analyzer_all_faces_in_reading_order(face_analyzer):
-    from face_fixtures import blank_images, paint_face
-
     images = paint_face(paint_face(paint_face(blank_images(), 300, 60, 64, 80), 40, 70, 64, 80), 170, 330, 64, 80)
     crops, _, moved, info = face_crop.crop_faces(images, analyzer=face_analyzer, choice="all", resize="size", width=128, height=128)
     assert crops.shape[0] == 3
@@ -316,8 +313,6 @@ def test_colour_matching_moves_the_pasted_colour_to_the_original():
 
 
 def test_no_face_errors_or_passes_through(face_analyzer):
-    from face_fixtures import blank_images
-
     images = blank_images(batch=2)
     with pytest.raises(FaceCropError, match="nothing to crop in 2 image"):
         face_crop.crop_faces(images, analyzer=face_analyzer)
