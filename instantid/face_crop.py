@@ -338,13 +338,27 @@ def plan_crops(regions: list[list[Region]], source_size: tuple[int, int], paddin
 def crop_images(images: torch.Tensor, crops: FaceCrops) -> torch.Tensor:
     """The crops as an IMAGE ``[N,H,W,C]`` (same dtype as ``images``); outside the image, edge pixels repeat."""
     frames = images.detach().to("cpu", torch.float32).numpy()
-    out = []
-    for t in crops.transforms:
+    out = np.empty((len(crops.transforms), crops.transforms[0].size[1], crops.transforms[0].size[0], frames.shape[-1]), np.float32)
+    for i, t in enumerate(crops.transforms):
         src = frames[t.frame]
-        warped = warp(src, t.matrix, t.size)
-        # Cubic interpolation overshoots at hard edges: keep values inside the source's range.
-        out.append(np.clip(warped, float(src.min()), float(src.max())))
-    return torch.from_numpy(np.stack(out)).to(images.dtype)
+        out[i] = warp(src, t.matrix, t.size)
+        # Cubic interpolation overshoots at hard edges: keep values inside the range of the source pixels used.
+        lo, hi = value_range(src, cv2.invertAffineTransform(t.matrix), t.size)
+        np.clip(out[i], lo, hi, out=out[i])
+    return torch.from_numpy(out).to(images.dtype)
+
+
+def value_range(src: np.ndarray, to_src: np.ndarray, size: tuple[int, int]) -> tuple[float, float]:
+    """Min and max of ``src`` over the bounding box of a ``size`` image mapped into it by ``to_src`` (dst -> src)."""
+    w, h = size
+    corners = transform_points(to_src, [[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+    (lo_x, lo_y), (hi_x, hi_y) = corners.min(0), corners.max(0)
+    src_h, src_w = src.shape[:2]
+    # 2 px more on each side: the cubic kernel reads two pixels around each sample (edge pixels repeat outside).
+    x0, y0 = min(max(0, math.floor(lo_x) - 2), src_w - 1), min(max(0, math.floor(lo_y) - 2), src_h - 1)
+    x1, y1 = max(min(src_w, math.ceil(hi_x) + 3), x0 + 1), max(min(src_h, math.ceil(hi_y) + 3), y0 + 1)
+    block = src[y0:y1, x0:x1]
+    return float(block.min()), float(block.max())
 
 
 def crop_masks(crops: FaceCrops) -> torch.Tensor:

@@ -100,39 +100,40 @@ def match_colour(pasted: np.ndarray, original: np.ndarray, weight: np.ndarray) -
     return out
 
 
-def paste_one(frame: torch.Tensor, crop: np.ndarray, matrix: np.ndarray, mask: np.ndarray, feather: float,
-              colour_match: bool) -> tuple[slice, slice, torch.Tensor] | None:
-    """The changed block of one frame ``[H,W,C]``: (rows, cols, new pixels), or ``None`` if nothing changes.
+def paste_one(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np.ndarray, feather: float,
+              colour_match: bool) -> bool:
+    """Blend one crop into ``frame`` (float32 ``[H,W,C]``, changed in place); False if no pixel changes.
 
     matrix: source -> crop pixels for this crop's actual size.
     """
-    height, width = int(frame.shape[0]), int(frame.shape[1])
+    height, width = frame.shape[:2]
     ch, cw = crop.shape[:2]
     corners = np.array([[-0.5, -0.5], [cw - 0.5, -0.5], [cw - 0.5, ch - 0.5], [-0.5, ch - 0.5]])
     footprint = transform_points(cv2.invertAffineTransform(matrix), corners)
     x0, y0 = (max(0, math.floor(v)) for v in footprint.min(0))
     x1, y1 = min(width, math.ceil(footprint[:, 0].max()) + 1), min(height, math.ceil(footprint[:, 1].max()) + 1)
     if x1 <= x0 or y1 <= y0:
-        return None
+        return False
     size = (x1 - x0, y1 - y0)
     # crop -> block pixels: the inverse of (block -> source -> crop).
     to_block = cv2.invertAffineTransform(matrix @ np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]], dtype=np.float64))
-    pasted = warp(crop, to_block, size)
-    pasted = np.clip(pasted, float(crop.min()), float(crop.max()))
     moved_mask = warp(mask.astype(np.float32), to_block, size, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT)
     if feather > 0:
         alpha = feather_alpha(moved_mask >= 0.5, feather, (x0 == 0, y0 == 0, x1 == width, y1 == height))
     else:
         alpha = np.clip(moved_mask, 0, 1)
-    if not (alpha > 0).any():
-        return None
-    block = frame[y0:y1, x0:x1].detach().cpu()
-    original = block.to(torch.float32).numpy()
+    inside = alpha > 0
+    if not inside.any():
+        return False
+    pasted = warp(crop, to_block, size)
+    np.clip(pasted, float(crop.min()), float(crop.max()), out=pasted)
+    block = frame[y0:y1, x0:x1]
     if colour_match:
-        pasted = match_colour(pasted, original, alpha)
-    a = alpha[..., None]
-    blended = torch.from_numpy(original * (1 - a) + pasted * a).to(frame.dtype)
-    return slice(y0, y1), slice(x0, x1), torch.where(torch.from_numpy(a > 0), blended, block)
+        pasted = match_colour(pasted, block, alpha)
+    a = alpha[inside][:, None]
+    # Only pixels with a weight are written: all others keep their exact bits.
+    block[inside] = block[inside] * (1 - a) + pasted[inside] * a
+    return True
 
 
 def paste_faces(images: torch.Tensor, crops: torch.Tensor, info: FaceCrops, feather: float = 12.0, region: str = "face",
@@ -161,10 +162,10 @@ def paste_faces(images: torch.Tensor, crops: torch.Tensor, info: FaceCrops, feat
     size = (int(crops.shape[2]), int(crops.shape[1]))
     masks = _blend_masks(info, count, size, region, mask)
     crop_pixels = crops.detach().to("cpu", torch.float32).numpy()
-    out = images.clone()
+    # A float32 copy to write into; untouched pixels convert back to the input dtype unchanged (float16/bfloat16
+    # values are exact in float32).
+    out = images.detach().to("cpu", torch.float32, copy=True)
+    frames = out.numpy()
     for i, t in enumerate(info.transforms):
-        changed = paste_one(out[t.frame], crop_pixels[i], _crop_matrix_for(t, size), masks[i], feather, colour_match)
-        if changed is not None:
-            rows, cols, pixels = changed
-            out[t.frame, rows, cols] = pixels.to(out.device)
-    return out
+        paste_one(frames[t.frame], crop_pixels[i], _crop_matrix_for(t, size), masks[i], feather, colour_match)
+    return out.to(images.device, images.dtype)
