@@ -84,19 +84,23 @@ def feather_alpha(inside: np.ndarray, feather: float, open_sides: tuple[bool, bo
 
 
 def match_colour(pasted: np.ndarray, original: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Shift the pasted pixels' colour (mean and spread per Lab channel, weighted by ``weight``) to the original's."""
-    if pasted.shape[-1] < 3 or float(weight.sum()) <= 0:
+    """Pixels ``[N,C]`` of the pasted crop with their colour (mean and spread per Lab channel, weighted by
+    ``weight`` ``[N]``) moved to those of the original pixels ``[N,C]`` they replace."""
+    total = float(weight.sum())
+    if pasted.shape[-1] < 3 or total <= 0:
         return pasted
-    w = weight[..., None] / float(weight.sum())
-    to_lab = lambda rgb: cv2.cvtColor(np.ascontiguousarray(np.clip(rgb[..., :3], 0, 1)), cv2.COLOR_RGB2Lab)  # noqa: E731
-    lab_p, lab_o = to_lab(pasted), to_lab(original)
-    mean_p, mean_o = (lab_p * w).sum((0, 1)), (lab_o * w).sum((0, 1))
-    std_p = np.sqrt((((lab_p - mean_p) ** 2) * w).sum((0, 1)))
-    std_o = np.sqrt((((lab_o - mean_o) ** 2) * w).sum((0, 1)))
+    w = (weight / total).astype(np.float32)
+
+    def lab(rgb: np.ndarray) -> np.ndarray:
+        return cv2.cvtColor(np.ascontiguousarray(np.clip(rgb[:, None, :3], 0, 1)), cv2.COLOR_RGB2Lab)[:, 0]
+
+    lab_p, lab_o = lab(pasted), lab(original)
+    mean_p, mean_o = w @ lab_p, w @ lab_o
+    std_p, std_o = np.sqrt(w @ (lab_p - mean_p) ** 2), np.sqrt(w @ (lab_o - mean_o) ** 2)
     ratio = np.clip(std_o / np.maximum(std_p, 1e-6), 1 / MAX_STD_RATIO, MAX_STD_RATIO)
-    moved = cv2.cvtColor(((lab_p - mean_p) * ratio + mean_o).astype(np.float32), cv2.COLOR_Lab2RGB)
+    moved = cv2.cvtColor(((lab_p - mean_p) * ratio + mean_o).astype(np.float32)[:, None], cv2.COLOR_Lab2RGB)[:, 0]
     out = pasted.copy()
-    out[..., :3] = np.clip(moved, 0, 1)
+    out[:, :3] = np.clip(moved, 0, 1)
     return out
 
 
@@ -128,11 +132,11 @@ def paste_one(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np.
     pasted = warp(crop, to_block, size)
     np.clip(pasted, float(crop.min()), float(crop.max()), out=pasted)
     block = frame[y0:y1, x0:x1]
+    # Only pixels with a weight are read and written: all others keep their exact bits.
+    a, original, new = alpha[inside], block[inside], pasted[inside]
     if colour_match:
-        pasted = match_colour(pasted, block, alpha)
-    a = alpha[inside][:, None]
-    # Only pixels with a weight are written: all others keep their exact bits.
-    block[inside] = block[inside] * (1 - a) + pasted[inside] * a
+        new = match_colour(new, original, a)
+    block[inside] = original * (1 - a[:, None]) + new * a[:, None]
     return True
 
 

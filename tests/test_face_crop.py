@@ -139,6 +139,9 @@ def test_paste_changes_exactly_the_face_region_and_keeps_dtype():
     changed = (out != images).any(-1)[0].numpy()
     assert not changed[r > 1 + 1.5 / axis].any()
     assert changed[r < 1 - 1.5 / axis].all()
+    half = face_paste.paste_faces(images.half(), (1 - crops).half(), info, feather=6)
+    assert half.dtype == torch.float16 and torch.equal(half[0][torch.from_numpy(r > 1 + 1.5 / axis)],
+                                                        images.half()[0][torch.from_numpy(r > 1 + 1.5 / axis)])
     # The crop node's mask marks the same ellipse, in crop pixels: 0.5 on its border.
     m = expected_matrix(cx, cy, side, roll, 1.0, 1024, 1024)
     centre = apply(m, [[cx, cy]])[0]
