@@ -116,6 +116,14 @@ class FaceCrops:
         return not self.transforms
 
 
+def check_finite(images: torch.Tensor, node: str, what: str, fix: str) -> None:
+    """Raise FaceCropError naming the frames that hold NaN or infinite values."""
+    finite = torch.isfinite(images.reshape(images.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        frames = ", ".join(str(i + 1) for i in torch.nonzero(~finite).flatten().tolist())
+        raise FaceCropError(f"{node}: {what} {frames} of {images.shape[0]} has pixel values that are NaN or infinite. Fix {fix}.")
+
+
 # ---------------------------------------------------------------- regions
 
 
@@ -420,6 +428,8 @@ def crop_faces(images: torch.Tensor, faces: Faces | None = None, analyzer=None, 
     if policy not in NO_FACE_POLICIES:
         raise ValueError(f"Unknown no-face policy {policy!r}; expected one of {NO_FACE_POLICIES}.")
     images = images[None] if images.ndim == 3 else images
+    check_finite(images, "InstantID Face Crop", "image", "the node that made the image (a failed decode, an upscaler, a VAE in "
+                 "the wrong precision)")
     frame_count, source_size = int(images.shape[0]), (int(images.shape[2]), int(images.shape[1]))
     model_pack = "antelopev2"
     if faces is not None:

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from .face_crop import CropTransform, FaceCropError, FaceCrops, transform_points, warp
+from .face_crop import CropTransform, FaceCropError, FaceCrops, check_finite, transform_points, warp
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,8 @@ def paste_faces(images: torch.Tensor, crops: torch.Tensor, info: FaceCrops, feat
             f"InstantID Face Paste: the CROP holds {count} crop(s), the crops input {tuple(crops.shape)}. Give the crops "
             "in the batch the crop node made (one image per crop, same order; no extra batch of variations)."
         )
+    check_finite(crops, "InstantID Face Paste", "crop", "the VAE decode of the crops (an SDXL VAE in fp16 often gives NaN: "
+                 "use an fp32 VAE or the fp16-fix VAE)")
     if crops.shape[-1] != images.shape[-1]:
         raise FaceCropError(f"InstantID Face Paste: the crops have {crops.shape[-1]} channels, the images {images.shape[-1]}.")
     size = (int(crops.shape[2]), int(crops.shape[1]))

@@ -364,3 +364,15 @@ def test_inputs_that_do_not_fit_are_refused():
         face_crop.crop_faces(images, faces=Faces((face(250, 250, 80),)), mask=torch.ones(1, SIZE, SIZE))
     with pytest.raises(FaceCropError, match="the mask is 256x256 but the image is 512x512"):
         face_crop.crop_faces(images, mask=torch.ones(1, 256, 256))
+
+
+def test_nan_pixels_are_refused_naming_the_frame():
+    images = smooth_images(batch=2)
+    crops, _, _, info = crop(images, Faces((face(250, 250, 80), face(250, 250, 80))))
+    broken = images.clone()
+    broken[1, 5, 5, 0] = float("nan")
+    with pytest.raises(FaceCropError, match="image 2 of 2 has pixel values that are NaN"):
+        crop(broken, Faces((face(250, 250, 80), face(250, 250, 80))))
+    crops[0, 3, 3, 1] = float("inf")
+    with pytest.raises(FaceCropError, match="crop 1 of 2 has pixel values that are NaN or infinite.*fp16"):
+        face_paste.paste_faces(images, crops, info)
