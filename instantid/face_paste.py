@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 import torch
 
-from .face_crop import CropTransform, FaceCropError, FaceCrops, check_finite, transform_points, warp
+from .face_crop import CropTransform, FaceCropError, FaceCrops, check_finite
+from .warp import compose, transform_points, warp
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ def _crop_matrix_for(t: CropTransform, crop_size: tuple[int, int]) -> np.ndarray
             f"InstantID Face Paste: a crop came back {crop_size[0]}x{crop_size[1]}, but it was cut at {t.size[0]}x{t.size[1]} "
             "(another aspect ratio). Paste the crops at the size the crop node made them (or scaled evenly)."
         )
-    rescale = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5]], dtype=np.float64)
-    return np.concatenate([rescale[:, :2] @ t.matrix[:, :2], (rescale[:, :2] @ t.matrix[:, 2] + rescale[:, 2])[:, None]], axis=1)
+    # Edges aligned: crop pixel x of the planned size is pixel (x + 0.5) * sx - 0.5 of the returned one.
+    return compose(np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5]], dtype=np.float64), t.matrix)
 
 
 def _blend_masks(crops: FaceCrops, count: int, size: tuple[int, int], region: str, mask: torch.Tensor | None) -> list[np.ndarray]:

@@ -21,6 +21,7 @@ from face_fixtures import blank_images, face_analyzer, face_pack_root, paint_fac
 from instantid import face_crop, face_paste, keypoints
 from instantid.face_crop import FaceCropError
 from instantid.faces import FaceRecord, Faces
+from instantid.warp import transform_points
 
 LSB = 1 / 255
 SIZE = 512
@@ -270,11 +271,11 @@ def test_analyzer_all_faces_in_reading_order(face_analyzer):
     images = paint_face(paint_face(paint_face(blank_images(), 300, 60, 64, 80), 40, 70, 64, 80), 170, 330, 64, 80)
     crops, _, moved, info = face_crop.crop_faces(images, analyzer=face_analyzer, choice="all", resize="size", width=128, height=128)
     assert crops.shape[0] == 3
-    centres = [face_crop.transform_points(t.inverse(), [[63.5, 63.5]])[0] for t in info.transforms]
+    centres = [transform_points(t.inverse(), [[63.5, 63.5]])[0] for t in info.transforms]
     np.testing.assert_allclose(centres, [[72, 110], [332, 100], [202, 370]], atol=1.5)
     assert all(f is not None and f.embedding.shape == (512,) for f in moved.frames)
     _, _, _, one = face_crop.crop_faces(images, analyzer=face_analyzer, choice="index", index=1, resize="size", width=128, height=128)
-    np.testing.assert_allclose(face_crop.transform_points(one.transforms[0].inverse(), [[63.5, 63.5]])[0], [332, 100], atol=1.5)
+    np.testing.assert_allclose(transform_points(one.transforms[0].inverse(), [[63.5, 63.5]])[0], [332, 100], atol=1.5)
 
 
 def test_mask_areas_are_cropped_and_pasted():
@@ -296,7 +297,7 @@ def test_mask_areas_are_cropped_and_pasted():
     grown = torch.nn.functional.max_pool2d(expected[None].float(), 3, 1, 1)[0].bool()
     assert not (changed & ~grown).any(), "pixels more than 1 px outside the mask areas changed"
     _, _, _, largest = face_crop.crop_faces(images, mask=mask, choice="largest", resize="size", width=256, height=256)
-    np.testing.assert_allclose(face_crop.transform_points(largest.transforms[0].inverse(), [[127.5, 127.5]])[0], [349.5, 359.5])
+    np.testing.assert_allclose(transform_points(largest.transforms[0].inverse(), [[127.5, 127.5]])[0], [349.5, 359.5])
 
 
 def test_colour_matching_moves_the_pasted_colour_to_the_original():
