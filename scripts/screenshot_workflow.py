@@ -44,14 +44,10 @@ def main(workflow: Path, out: Path) -> None:
                 const minX = Math.min(...nodes.map((n) => n.pos[0])), minY = Math.min(...nodes.map((n) => n.pos[1] - 30));
                 const maxX = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
                 const maxY = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
-                // Clear of the sidebar (left) and of the tabs, workflow menu and Run button (top).
-                const [w, h] = [app.canvas.canvas.clientWidth - 140, app.canvas.canvas.clientHeight - 170];
+                const [w, h] = [app.canvas.canvas.clientWidth - 140, app.canvas.canvas.clientHeight - 120];
                 const scale = Math.min(w / (maxX - minX), h / (maxY - minY), 1.0);
                 app.canvas.ds.scale = scale;
-                app.canvas.ds.offset = [90 / scale - minX, 140 / scale - minY];
-                // The minimap and the frontend's announcement banner would sit on top of nodes.
-                document.querySelectorAll(".minimap-main-container, .p-toast, [class*=banner], [class*=Banner]").forEach(
-                    (e) => { e.style.visibility = "hidden"; });
+                app.canvas.ds.offset = [90 / scale - minX, 90 / scale - minY];
                 app.graph.setDirtyCanvas(true, true);
             }""")
             page.wait_for_timeout(800)
