@@ -307,3 +307,37 @@ def analyze(
     )
     preview = torch.from_numpy(np.stack(previews).astype(np.float32) / 255.0)
     return faces, preview
+
+
+def find_faces(images: torch.Tensor, analyzer: FaceAnalyzer, choice: str = "largest",
+               index: int = 0) -> list[list[FaceRecord]]:
+    """Every frame's chosen faces as records (box, keypoints, embedding), for nodes that work on faces in place.
+
+    Unlike :func:`analyze` (one face per frame, the FACES contract), ``choice``
+    may be ``all``: every face of the frame, in :func:`reading_order`.
+    ``largest`` and ``index`` pick as in :func:`choose_face`. A frame without a
+    (matching) face gives an empty list; the caller decides what that means.
+    """
+    if choice not in (*CHOICES, "all"):
+        raise ValueError(f"Unknown face choice {choice!r}; expected one of {(*CHOICES, 'all')}.")
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    check_interrupted, _ = _frame_hooks()
+    out: list[list[FaceRecord]] = []
+    for i in range(int(images.shape[0])):
+        check_interrupted()
+        rgb = image_to_rgb_uint8(images[i])
+        bgr = rgb_to_bgr(rgb)
+        detected, _ = detect_with_retry(analyzer, bgr)
+        if choice == "all":
+            picked = reading_order(detected)
+        else:
+            chosen = choose_face(detected, choice, index)
+            picked = [] if chosen is None else [chosen]
+        out.append([
+            FaceRecord(bbox=f.bbox.astype(np.float32), keypoints=f.keypoints.astype(np.float32),
+                       embedding=analyzer.embed(bgr, f.keypoints), score=float(f.score),
+                       source_size=(int(rgb.shape[1]), int(rgb.shape[0])))
+            for f in picked
+        ])
+    return out

@@ -19,12 +19,13 @@ register_web_routes()
 
 def _face_nodes() -> list[type[io.ComfyNode]]:
     try:
+        from .face_fix_nodes import FACE_FIX_NODES
         from .face_nodes import FACE_NODES
         from .quick_nodes import QUICK_NODES
     except ImportError as exc:  # a broken optional dependency must not take the core nodes down
         log.warning("InstantID face nodes unavailable: %s", exc)
         return []
-    return [*FACE_NODES, *QUICK_NODES]
+    return [*FACE_NODES, *QUICK_NODES, *FACE_FIX_NODES]
 
 
 def _keypoint_nodes() -> list[type[io.ComfyNode]]:

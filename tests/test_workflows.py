@@ -29,6 +29,10 @@ FILE_EXTENSIONS = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".png", ".jpg
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
 TEST_SIZE = 128
+# Inputs that run face detection: tiny random models draw no face, so a generated image they look at gets one.
+DETECTING = {("InstantIDFaceAnalyze", "image"), ("InstantIDFaceCrop", "image")}
+# Workflows whose saved image is a loaded photo edited in place: it keeps the photo's size.
+PHOTO_SIZED = {"face_swap_api.json"}
 
 
 @pytest.fixture(scope="module")
@@ -198,12 +202,13 @@ def with_test_models(prompt: dict, models) -> dict:
             inputs["control_net_name"] = models.controlnet_name
         elif kind == "LoadImage":
             inputs["image"] = models.face_image.name
-        elif kind in ("EmptyLatentImage", "InstantIDKeypointImage", "InstantIDKeypointEditor"):
+        elif kind in ("EmptyLatentImage", "InstantIDKeypointImage", "InstantIDKeypointEditor", "InstantIDFaceCrop"):
             inputs["width"] = inputs["height"] = TEST_SIZE
         elif kind == "KSampler":
             inputs["steps"] = 2
         elif kind in ("LoraLoaderModelOnly", "LoadImageMask", "CheckpointLoader"):
             raise AssertionError(f"{kind} has no tiny test model yet: extend with_test_models")
+    _paint_face_into_generated_images(prompt, models)
     for node in prompt.values():
         for name, value in node["inputs"].items():
             if isinstance(value, list) and value[0] in vae_for:
@@ -214,18 +219,37 @@ def with_test_models(prompt: dict, models) -> dict:
     return prompt
 
 
+def _paint_face_into_generated_images(prompt: dict, models) -> None:
+    """A VAEDecode whose image face detection looks at gets the test photo, at half the test size, composited into
+    its centre (as a real SDXL would have drawn a small face there); everything that used the decoded image uses that."""
+    decoders = {value[0] for node in prompt.values() for name, value in node["inputs"].items()
+                if (node["class_type"], name) in DETECTING and isinstance(value, list) and prompt[value[0]]["class_type"] == "VAEDecode"}
+    for decoder in sorted(decoders):
+        face, small, composite = f"{decoder}_face", f"{decoder}_face_small", f"{decoder}_with_face"
+        for node in prompt.values():
+            for name, value in node["inputs"].items():
+                if value == [decoder, 0]:
+                    node["inputs"][name] = [composite, 0]
+        prompt[face] = {"class_type": "LoadImage", "inputs": {"image": models.face_image.name}}
+        prompt[small] = {"class_type": "ImageScale", "inputs": {"image": [face, 0], "upscale_method": "area", "width": TEST_SIZE // 2,
+                                                                 "height": TEST_SIZE // 2, "crop": "disabled"}}
+        prompt[composite] = {"class_type": "ImageCompositeMasked", "inputs": {"destination": [decoder, 0], "source": [small, 0],
+                                                                              "x": TEST_SIZE // 4, "y": TEST_SIZE // 4, "resize_source": False}}
+
+
 # ---------------------------------------------------------------- tests
 
 
 def test_every_workflow_folder_is_complete():
     names = {p.stem for p in UI_FILES}
-    assert {"quick_start", "basic", "posed", "extra_controlnet", "two_identities", "lcm_fast"} <= names
+    assert {"quick_start", "basic", "posed", "extra_controlnet", "two_identities", "lcm_fast", "face_fix", "face_swap",
+            "keypoint_editor"} <= names
     for path in UI_FILES:
         thumb = path.with_suffix(".jpg")  # the template browser asks for <name>.jpg
         assert thumb.is_file(), f"{path.name} has no thumbnail {thumb.name}"
         with Image.open(thumb) as img:
             assert img.format == "JPEG" and img.width >= 256
-    for basic in ("quick_start", "basic", "posed"):
+    for basic in ("quick_start", "basic", "posed", "face_fix", "face_swap", "keypoint_editor"):
         assert (WORKFLOWS / "api" / f"{basic}_api.json").is_file()
 
 
@@ -263,8 +287,12 @@ def test_api_workflow_runs_with_the_tiny_models(server, path):
     images = [img for out in entry["outputs"].values() for img in out.get("images", []) if img.get("type") == "output"]
     assert len(images) == 1, entry["outputs"]
     saved = server.base / "output" / images[0].get("subfolder", "") / images[0]["filename"]
+    expected = (TEST_SIZE, TEST_SIZE)
+    if path.name in PHOTO_SIZED:
+        with Image.open(server.models.face_image) as photo:
+            expected = photo.size
     with Image.open(saved) as img:
-        assert img.size == (TEST_SIZE, TEST_SIZE)
+        assert img.size == expected
 
 
 def test_a_workflow_that_no_longer_matches_fails(server):
