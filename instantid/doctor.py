@@ -124,8 +124,8 @@ def check_insightface() -> list[Finding]:
             return [
                 Finding("insightface", "error", "insightface is installed but does not import with this numpy", "See the numpy finding."),
                 Finding("numpy", "error", f"numpy {numpy_version}: the insightface 0.7.3 wheel was built against numpy 1 and fails "
-                        "to import under numpy 2", "Either `python -m pip install \"numpy<2\"` or rebuild insightface for numpy 2: "
-                        "`python -m pip install --force-reinstall --no-binary insightface insightface==0.7.3` (needs a C++ compiler)."),
+                        "to import under numpy 2", "Either `python -m pip install \"numpy<2\"` or move to the insightface 2.x wheel, "
+                        f"which works with numpy 2 and needs no compiler: `python -m pip install --upgrade \"{face_models.INSIGHTFACE_REQUIREMENT}\"`."),
             ]
         return [Finding("insightface", "error", str(exc), face_models.INSTALL_HINT),
                 Finding("numpy", "ok", f"numpy {numpy_version}")]
@@ -133,9 +133,10 @@ def check_insightface() -> list[Finding]:
 
     version = getattr(insightface, "__version__", "unknown")
     found = [Finding("numpy", "ok", f"numpy {numpy_version}")]
-    if version != "0.7.3":
-        found.insert(0, Finding("insightface", "warn", f"insightface {version}; the pack is tested with 0.7.3",
-                                "`python -m pip install insightface==0.7.3` if face analysis misbehaves."))
+    if version not in face_models.TESTED_INSIGHTFACE:
+        tested = " and ".join(face_models.TESTED_INSIGHTFACE)
+        found.insert(0, Finding("insightface", "warn", f"insightface {version}; the pack is tested with {tested}",
+                                f"`python -m pip install --upgrade \"{face_models.INSIGHTFACE_REQUIREMENT}\"` if face analysis misbehaves."))
     else:
         found.insert(0, Finding("insightface", "ok", f"insightface {version}"))
     return found
