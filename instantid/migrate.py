@@ -95,6 +95,11 @@ class _Migration:
                 if node["type"] == kind and node["id"] in convertible:
                     getattr(self, f"_convert_{kind}")(node)
         self.g.retype_links()
+        for node in cubiq:  # positions are kept, but our nodes have more widgets than cubiq's: say where that collides
+            if node["type"] in OURS and (hit := [o for o in self.g.overlapping(node) if o["type"] not in OURS]):
+                self.report.warnings.append(
+                    f"node {node['id']} ({DISPLAY[node['type']]}) is taller than cubiq's and now overlaps "
+                    + ", ".join(f"node {o['id']} ({o['type']})" for o in hit) + ": drag it aside.")
 
     def _convertible(self, cubiq: list[dict]) -> set[int]:
         ids = {n["id"] for n in cubiq if n["type"] not in CUBIQ_LOADERS}

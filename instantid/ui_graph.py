@@ -208,6 +208,18 @@ class UIGraph:
         bottom = max((b[3] for b in boxes), default=near[1])
         return near[0], bottom + TITLE_HEIGHT
 
+    def overlapping(self, node: dict) -> list[dict]:
+        """Nodes whose box (title bar included) overlaps ``node``'s."""
+        (x, y), (w, h) = node_pos(node), node_size(node)
+        found = []
+        for other in self.nodes.values():
+            if other is node:
+                continue
+            (ox, oy), (ow, oh) = node_pos(other), node_size(other)
+            if x < ox + ow and ox < x + w and y - TITLE_HEIGHT < oy + oh and oy - TITLE_HEIGHT < y + h:
+                found.append(other)
+        return found
+
     # ------------------------------------------------------------ helpers
 
     @staticmethod

@@ -96,7 +96,8 @@ def test_extension_is_loaded(page):
     names = page.evaluate("() => Array.from(app.extensions, (e) => e.name)")
     assert names.count("instantid.faces") == 1, f"extension not registered exactly once; registered: {names}"
     served = {url.split("/extensions/", 1)[1]: status for url, status in page.pack_responses.items()}
-    assert served == {"comfyui-instantid/instantid.js": 200}, f"js/ must be served once, under one address: {served}"
+    assert served == {"comfyui-instantid/instantid.js": 200, "comfyui-instantid/migrate.js": 200}, \
+        f"js/ must be served once, under one address: {served}"
 
 
 def test_doctor_report_shows_in_the_node(server, page, tmp_path):

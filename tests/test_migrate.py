@@ -91,6 +91,9 @@ def test_basic_graph_converts_to_face_analyze_plus_apply():
     sampler = next(n for n in converted["nodes"] if n["type"] == "KSampler")
     assert [feeding(converted, sampler["id"], i) for i in ("model", "positive", "negative")] == [(apply, 0), (apply, 1), (apply, 2)]
     assert any("noise 0.35" in w for w in report.warnings)  # cubiq's hidden noise is named
+    # Kept in place, the taller Apply node (9 sockets, 6 widgets) now reaches the latent node 420 px below its top.
+    assert apply["pos"] == [1000, 200] and apply["size"][1] > 420
+    assert any("node 14" in w and "overlaps node 6 (EmptyLatentImage)" in w for w in report.warnings), report.warnings
 
 
 def test_positions_groups_view_and_other_nodes_are_kept():
