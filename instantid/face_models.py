@@ -81,8 +81,9 @@ ONNXRUNTIME_DISTRIBUTIONS = (
 INSIGHTFACE_REQUIREMENT = "insightface>=0.7.3,<3"
 TESTED_INSIGHTFACE = ("0.7.3", "2.1")
 INSTALL_HINT = (
-    f"Install them into the Python that runs ComfyUI: `python -m pip install \"{INSIGHTFACE_REQUIREMENT}\" onnxruntime` "
-    "(a wheel, no compiler needed; for CUDA use `onnxruntime-gpu` instead of `onnxruntime`, never both)."
+    "Install them into the Python that runs ComfyUI: `python -m pip install insightface onnxruntime` (a fresh install "
+    f"gets the insightface 2.x wheel, no compiler needed; the pack supports {INSIGHTFACE_REQUIREMENT}). For CUDA use "
+    "`onnxruntime-gpu` instead of `onnxruntime`, never both."
 )
 
 
