@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
+import inspect
 import io
 import logging
 import warnings
@@ -75,9 +76,14 @@ ONNXRUNTIME_DISTRIBUTIONS = (
     "onnxruntime-openvino",
     "onnxruntime-rocm",
 )
+# insightface 2.x is a pure-Python wheel (no compiler needed) and is what a fresh install picks; 0.7.3 (source
+# only, needs a C++ compiler) keeps working where it is already installed. Both are tested.
+INSIGHTFACE_REQUIREMENT = "insightface>=0.7.3,<3"
+TESTED_INSIGHTFACE = ("0.7.3", "2.1")
 INSTALL_HINT = (
-    "Install them into the Python that runs ComfyUI: `python -m pip install insightface==0.7.3 onnxruntime` "
-    "(or `onnxruntime-gpu` instead of `onnxruntime` for CUDA; never both)."
+    "Install them into the Python that runs ComfyUI: `python -m pip install insightface onnxruntime` (a fresh install "
+    f"gets the insightface 2.x wheel, no compiler needed; the pack supports {INSIGHTFACE_REQUIREMENT}). For CUDA use "
+    "`onnxruntime-gpu` instead of `onnxruntime`, never both."
 )
 
 
@@ -256,7 +262,7 @@ def import_insightface() -> Any:
     """Import insightface (and onnxruntime); raise :class:`InsightFaceUnavailableError` with the fix."""
     for module, dist in (
         ("onnxruntime", "onnxruntime"),
-        ("insightface", "insightface==0.7.3"),
+        ("insightface", INSIGHTFACE_REQUIREMENT),
     ):
         try:
             importlib.import_module(module)
@@ -270,13 +276,24 @@ def import_insightface() -> Any:
     return insightface
 
 
+def _router_options() -> dict[str, Any]:
+    """Options of insightface's model router that only some versions take."""
+    from insightface.model_zoo import scrfd
+
+    if "static_shape_sessions" in inspect.signature(scrfd.SCRFD.__init__).parameters:
+        # insightface 2.x builds one more fixed-shape detector session per detection size by default: the retry
+        # ladder (640, 576, ... 192) would compile up to 8 copies of the detector. One dynamic session, as in 0.7.3.
+        return {"static_shape_sessions": False}
+    return {}
+
+
 def _make_model(path: Path, providers: list[str]) -> Any:
     """One insightface model (routed by its ONNX signature); insightface's prints go to the debug log."""
     from insightface.model_zoo import model_zoo
 
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
-        model = model_zoo.get_model(str(path), providers=providers)
+        model = model_zoo.get_model(str(path), providers=providers, **_router_options())
     if captured.getvalue().strip():
         log.debug("insightface: %s", captured.getvalue().strip())
     return model

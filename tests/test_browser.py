@@ -43,7 +43,7 @@ def page(server):
 
 def test_extension_is_loaded(page):
     names = page.evaluate("() => Array.from(app.extensions, (e) => e.name)")
-    for name in ("instantid.faces", "instantid.socketColors", "instantid.missingModels"):
+    for name in ("instantid.faces", "instantid.socketColors", "instantid.missingModels", "instantid.migrate"):
         assert names.count(name) == 1, f"extension {name} not registered exactly once; registered: {names}"
     served = {url.split("/extensions/", 1)[1]: status for url, status in page.pack_responses.items()
               if url.endswith(".js")}

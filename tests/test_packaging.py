@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
 import re
 import subprocess
 from pathlib import Path
 
 import tomllib
+from packaging.requirements import Requirement
 
 PACK_DIR = Path(__file__).resolve().parent.parent
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
@@ -67,6 +69,38 @@ def test_requirements_never_install_two_onnxruntime_builds():
     assert "torch" not in names  # ComfyUI brings its own
     deps = _requirement_names(_pyproject()["project"]["dependencies"])
     assert sorted(deps) == sorted(names), "pyproject dependencies and requirements.txt disagree"
+
+
+OPENCV_BUILDS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
+
+
+def _requirement(name: str) -> Requirement:
+    lines = [line.split("#", 1)[0].strip() for line in (PACK_DIR / "requirements.txt").read_text().splitlines()]
+    return next(Requirement(line) for line in lines if line and Requirement(line).name.lower() == name)
+
+
+def test_insightface_is_a_range_that_keeps_either_tested_version():
+    """A pin would make pip downgrade a working 2.x or upgrade a working 0.7.3 (spec section 2: both measured)."""
+    spec = _requirement("insightface").specifier
+    assert not any(s.operator in ("==", "===", "~=") for s in spec), f"insightface is pinned ({spec}); use a range"
+    for version in ("0.7.3", "2.1"):
+        assert spec.contains(version), f"{spec} would replace an installed insightface {version}"
+    assert not spec.contains("0.7.2") and not spec.contains("3.0"), f"{spec} admits untested majors"
+    assert _requirement_names([str(d) for d in _pyproject()["project"]["dependencies"] if d.startswith("insightface")]) == ["insightface"]
+    assert "insightface>=0.7.3,<3" in _pyproject()["project"]["dependencies"]
+
+
+def test_requirements_name_no_opencv_build():
+    """insightface brings its own cv2 (2.x opencv-python, 0.7.3 opencv-python-headless); a second build overwrites it."""
+    names = _requirement_names((PACK_DIR / "requirements.txt").read_text().splitlines())
+    assert not [n for n in names if n in OPENCV_BUILDS], names
+
+
+def test_installed_environment_has_one_cv2_and_one_onnxruntime():
+    """What `pip install -r requirements.txt` produced here (CI builds it fresh): one cv2 build, one onnxruntime build."""
+    installed = {d.metadata["Name"].lower() for d in importlib.metadata.distributions()}
+    assert len([n for n in OPENCV_BUILDS if n in installed]) == 1, sorted(n for n in installed if n.startswith("opencv"))
+    assert len([n for n in installed if n.startswith("onnxruntime")]) == 1, sorted(n for n in installed if n.startswith("onnx"))
 
 
 def test_no_exec_or_eval_in_pack_code():
