@@ -24,9 +24,18 @@ def _face_nodes() -> list[type[io.ComfyNode]]:
     return FACE_NODES
 
 
+def _group_nodes() -> list[type[io.ComfyNode]]:
+    try:
+        from .group_nodes import GROUP_NODES
+    except ImportError as exc:  # same optional dependencies as the face nodes (OpenCV)
+        log.warning("InstantID group nodes unavailable: %s", exc)
+        return []
+    return GROUP_NODES
+
+
 class InstantIDExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*CORE_NODES, *_face_nodes(), *DOCTOR_NODES]
+        return [*CORE_NODES, *_face_nodes(), *_group_nodes(), *DOCTOR_NODES]
 
 
 async def comfy_entrypoint() -> InstantIDExtension:

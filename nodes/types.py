@@ -6,6 +6,7 @@ from comfy_api.latest import io
 Adapter = io.Custom("INSTANTID_ADAPTER")
 Faces = io.Custom("INSTANTID_FACES")
 FaceAnalyzer = io.Custom("INSTANTID_FACE_ANALYZER")
+Group = io.Custom("INSTANTID_GROUP")
 
 CATEGORY = "InstantID"
 
