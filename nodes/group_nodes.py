@@ -108,8 +108,8 @@ class InstantIDGroupLayout(io.ComfyNode):
                                         "numbered in reading order on the preview."),
                 *_region_inputs("ellipse", 0.5, 16),
                 io.Combo.Input("overlap", options=list(regions.OVERLAPS), default="nearest",
-                               tooltip="Where two regions overlap. nearest: each pixel belongs only to the nearest face's identity "
-                                       "(no two identities ever mix). share: both act there, their effects add."),
+                               tooltip="Where two regions overlap. nearest: each pixel belongs to one identity only, the nearest "
+                                       "face's. share: both act there, their effects add."),
             ],
             outputs=[
                 Group.Output(display_name="group", tooltip="Everyone's identity, keypoints and mask, for Apply InstantID Group."),

@@ -184,7 +184,7 @@ def test_attention_contributions_stay_in_their_half_at_every_resolution(setup):
         # Inside its own half each identity gets exactly what it gets alone, unmasked.
         assert torch.equal(out[:, in_left], attn2_patches(alone_a)[key](q, k, v, opts)[:, in_left])
         assert torch.equal(out[:, ~in_left], attn2_patches(alone_b)[key](q, k, v, opts)[:, ~in_left])
-    assert grids == {(8, 16), (4, 8)}, grids  # every attention resolution of the tiny SDXL (SDXL: 3 at 1024 px)
+    assert grids == {(8, 16), (4, 8)}, grids  # both attention resolutions of the SDXL topology (latent /2 and /4)
 
 
 # ---------------------------------------------------------------- IdentityNet
