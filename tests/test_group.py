@@ -301,3 +301,15 @@ def test_group_node_samples(setup):
     plain = comfy_denoise(s["model"], s["positive"], s["negative"], s["noise"], SIGMA)["denoised"]
     got = comfy_denoise(model, pos, neg, s["noise"], SIGMA)["denoised"]
     assert torch.isfinite(got).all() and float((got - plain).abs().max()) > 1e-3
+
+
+def test_wrong_model_patches_nothing(setup, tiny_sd15, tiny_sd15_controlnet):
+    from instantid.errors import ControlNetMismatchError, ModelMismatchError
+
+    s = setup
+    lay = layout(person(s["a"], halves()[0]))
+    with pytest.raises(ModelMismatchError, match="SDXL models only"):
+        group.apply_group(tiny_sd15, s["positive"], s["negative"], s["adapter"], s["cn"], lay, 0.8, 0.8)
+    with pytest.raises(ControlNetMismatchError, match="SD1.5"):
+        group.apply_group(s["model"], s["positive"], s["negative"], s["adapter"], tiny_sd15_controlnet, lay, 0.8, 0.8)
+    assert "control" not in s["positive"][0][1]
