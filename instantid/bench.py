@@ -258,7 +258,7 @@ def run(size: str, rounds: int, latent: int, busy_threshold: float = bench_guard
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from . import pipeline
+    from . import bench_group, pipeline
     from .adapter import load_adapter
 
     if size == "auto":
@@ -292,6 +292,7 @@ def run(size: str, rounds: int, latent: int, busy_threshold: float = bench_guard
     attn_model = pipeline.face_attention_model(unet, adapter, pipeline.identity_tokens(adapter, faces, "average"), 0.8, 0.0, 1.0, None)
     configs = {"plain": (unet, positive, negative), "attention": (attn_model, positive, negative),
                "full": (full_model, full_pos, full_neg)}
+    configs.update(bench_group.group_configs(unet, control_net, adapter, positive, negative, latent))
 
     for model, pos, neg in configs.values():  # warm-up
         _denoise_once(model, pos, neg, latent, [])
@@ -342,6 +343,8 @@ def run(size: str, rounds: int, latent: int, busy_threshold: float = bench_guard
     }
     results["step_overhead_vs_flops_full"] = results["step_ratio_full"] / results["flop_ratio_full"]
     results.update(face_analysis_numbers())
+    results.update(bench_group.summary(median, flops))
+    results.update(bench_group.bleed(unet, control_net, adapter, positive, negative, latent))
     return results
 
 
@@ -366,6 +369,9 @@ def print_table(r: dict) -> None:
         ("growth after 20 clones", f"{r['clone_growth_tensor_bytes']} tensor bytes, {r['clone_growth_rss_bytes'] / 2**20:.2f} MiB RSS"),
         ("face analysis", f"{r.get('face_analysis_seconds', float('nan')):.4f} s/image, {r.get('onnx_runs_per_face', float('nan')):.1f} ONNX runs/face ({r.get('face_analysis_source')})"),
     ]
+    from .bench_group import table_rows
+
+    rows += table_rows(r)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

@@ -39,9 +39,18 @@ def _keypoint_nodes() -> list[type[io.ComfyNode]]:
     return KEYPOINT_NODES
 
 
+def _group_nodes() -> list[type[io.ComfyNode]]:
+    try:
+        from .group_nodes import GROUP_NODES
+    except ImportError as exc:  # same optional dependencies as the face nodes (OpenCV)
+        log.warning("InstantID group nodes unavailable: %s", exc)
+        return []
+    return GROUP_NODES
+
+
 class InstantIDExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*CORE_NODES, *_face_nodes(), *_keypoint_nodes(), *DOCTOR_NODES]
+        return [*CORE_NODES, *_face_nodes(), *_keypoint_nodes(), *_group_nodes(), *DOCTOR_NODES]
 
 
 async def comfy_entrypoint() -> InstantIDExtension:

@@ -7,6 +7,7 @@ Adapter = io.Custom("INSTANTID_ADAPTER")
 Faces = io.Custom("INSTANTID_FACES")
 FaceAnalyzer = io.Custom("INSTANTID_FACE_ANALYZER")
 Crop = io.Custom("INSTANTID_CROP")  # face crop transforms, from InstantID Face Crop to InstantID Face Paste
+Group = io.Custom("INSTANTID_GROUP")
 
 CATEGORY = "InstantID"
 

@@ -26,6 +26,7 @@ class GraphModels:
     sd15_controlnet_name: str
     adapter_name: str
     face_image: Path  # a PNG with one painted face, in <base>/input
+    group_image: Path  # a PNG with two painted faces side by side, in <base>/input
 
 
 def _write_taesdxl(models: Path) -> None:
@@ -47,6 +48,12 @@ def face_photo(height: int = 256, width: int = 256) -> torch.Tensor:
     return paint_face(blank_images(height, width), width // 4, height // 5, width // 2, height * 3 // 5)
 
 
+def group_photo(height: int = 256, width: int = 512) -> torch.Tensor:
+    """IMAGE [1,H,W,3] with two faces side by side that the synthetic detector finds (sizes and gap within its limits)."""
+    image = paint_face(blank_images(height, width), width * 5 // 32, height * 9 // 32, width * 9 // 64, height * 21 // 64)
+    return paint_face(image, width * 5 // 8, height * 5 // 16, width // 8, height * 19 // 64, blue=230)
+
+
 @functools.cache
 def write_graph_models(base: str) -> GraphModels:
     base_path = Path(base)
@@ -58,9 +65,11 @@ def write_graph_models(base: str) -> GraphModels:
     photo = base_path / "input" / "face.png"
     photo.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((face_photo()[0].numpy() * 255).round().astype(np.uint8)).save(photo)
+    group = base_path / "input" / "group.png"
+    Image.fromarray((group_photo()[0].numpy() * 255).round().astype(np.uint8)).save(group)
     return GraphModels(base=base_path, unet_name=files.sdxl_unet.name, controlnet_name=files.sdxl_controlnet.name,
                        sd15_unet_name=files.sd15_unet.name, sd15_controlnet_name=files.sd15_controlnet.name,
-                       adapter_name=files.adapter_bin.name, face_image=photo)
+                       adapter_name=files.adapter_bin.name, face_image=photo, group_image=group)
 
 
 def run_v3(node_id: str, **inputs):

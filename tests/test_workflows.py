@@ -182,7 +182,8 @@ def with_test_models(prompt: dict, models) -> dict:
 
     CheckpointLoaderSimple -> UNETLoader (tiny SDXL) whose VAE output is taken over
     by a VAELoader('taesdxl'); CLIPTextEncode -> the text-free InstantIDTestConditioning
-    (no text encoder can be downloaded here); files -> the tiny files; size 128, 2 steps.
+    (no text encoder can be downloaded here); files -> the tiny files; size 128, 2 steps. A LoadImage whose
+    file name contains "group" gets a photo with two faces, any other the one-face photo.
     """
     prompt = copy.deepcopy(prompt)
     vae_for = {}
@@ -201,8 +202,9 @@ def with_test_models(prompt: dict, models) -> dict:
         elif kind == "ControlNetLoader":
             inputs["control_net_name"] = models.controlnet_name
         elif kind == "LoadImage":
-            inputs["image"] = models.face_image.name
-        elif kind in ("EmptyLatentImage", "InstantIDKeypointImage", "InstantIDKeypointEditor", "InstantIDFaceCrop"):
+            inputs["image"] = (models.group_image if "group" in inputs["image"] else models.face_image).name
+        elif kind in ("EmptyLatentImage", "InstantIDKeypointImage", "InstantIDKeypointEditor", "InstantIDFaceCrop",
+                      "InstantIDGroupLayout", "InstantIDFaceMask"):
             inputs["width"] = inputs["height"] = TEST_SIZE
         elif kind == "KSampler":
             inputs["steps"] = 2
@@ -243,7 +245,7 @@ def _paint_face_into_generated_images(prompt: dict, models) -> None:
 def test_every_workflow_folder_is_complete():
     names = {p.stem for p in UI_FILES}
     assert {"quick_start", "basic", "posed", "extra_controlnet", "two_identities", "lcm_fast", "face_fix", "face_swap",
-            "keypoint_editor"} <= names
+            "keypoint_editor", "group_photo"} <= names
     for path in UI_FILES:
         thumb = path.with_suffix(".jpg")  # the template browser asks for <name>.jpg
         assert thumb.is_file(), f"{path.name} has no thumbnail {thumb.name}"
@@ -264,7 +266,7 @@ def test_ui_workflow_matches_the_server(server, path):
         origin = next(n for n in ui["nodes"] if n["id"] == link[1])
         assert link[0] in origin["outputs"][link[2]]["links"], f"link {link[0]} missing from node {link[1]}'s outputs"
     prompt = ui_to_api(ui, server.object_info)
-    assert any(n["class_type"] in ("InstantIDApply", "InstantIDApplyPhoto") for n in prompt.values())
+    assert any(n["class_type"] in ("InstantIDApply", "InstantIDApplyPhoto", "InstantIDApplyGroup") for n in prompt.values())
     assert any(n["class_type"] == "SaveImage" for n in prompt.values())
 
 
