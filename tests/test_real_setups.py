@@ -55,6 +55,24 @@ def sample(model, positive, negative, steps=1, seed=7):
     return N["KSampler"]().sample(model, seed, steps, 5.0, "euler", "normal", positive, negative, latent)[0]["samples"]
 
 
+@torch.no_grad()
+def denoise_once(model, positive, negative, sigma: float = 3.0, seed: int = 11) -> torch.Tensor:
+    """One CFG model call through ComfyUI's sampling code; returns the CFG'd denoised latent (fp32)."""
+    import comfy.sample
+    import comfy.samplers
+
+    out = {}
+
+    def one_call(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        out["denoised"] = model_k(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {})).float()
+        return out["denoised"]
+
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
+    comfy.sample.sample_custom(model, noise, 5.0, comfy.samplers.KSAMPLER(one_call), torch.tensor([sigma, 0.0]),
+                               positive, negative, torch.zeros_like(noise), disable_pbar=True, seed=seed)
+    return out["denoised"]
+
+
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| relative to max |b|."""
     return float((a.float() - b.float()).abs().max() / b.float().abs().max())
@@ -90,19 +108,18 @@ def test_fp8_flag_loads_applies_and_samples(graph, fp8_flag):
     control_net = N["ControlNetLoader"]().load_controlnet(models.controlnet_name)[0]
     assert unet.model.get_dtype() == fp8_flag and control_net.control_model.dtype == fp8_flag
 
-    plain = sample(unet, graph["positive"], graph["negative"])
-    model, positive, negative = apply(graph, model=unet, adapter=adapter, control_net=control_net)
-    out = sample(model, positive, negative)
-    plain32 = sample(graph["unet"], graph["positive"], graph["negative"])
-    ref_model, ref_pos, ref_neg = apply(graph)
-    ref = sample(ref_model, ref_pos, ref_neg)
+    pos, neg = graph["positive"], graph["negative"]
+    plain = denoise_once(unet, pos, neg)
+    out = denoise_once(*apply(graph, model=unet, adapter=adapter, control_net=control_net))
+    # The same fp8 models with the adapter as loaded on an fp32 host: only the adapter's storage differs.
+    same = denoise_once(*apply(graph, model=unet, adapter=graph["adapter"], control_net=control_net))
+    sample(*apply(graph, model=unet, adapter=adapter, control_net=control_net))  # and a whole KSampler run
 
     assert torch.isfinite(out).all()
-    # The yardstick is what fp8 weights already cost the plain model; InstantID (face attention in
-    # the fp8 UNet, IdentityNet in fp8 too) may at most double it, and its effect must exceed that.
-    host_error = relative(plain, plain32)
-    assert relative(out, ref) <= 2 * host_error
-    assert relative(out, plain) > 2 * host_error, "the identity had no effect beyond fp8 rounding"
+    assert relative(out, plain) > 0.1, "the identity had no effect"
+    # The face K/V weights are kept in fp16 on such a host (half the RAM): the result may move by that
+    # rounding (unit roundoff eps/2 per weight; 0.2 eps measured here), never by the identity's effect.
+    assert relative(out, same) <= 2 * torch.finfo(torch.float16).eps
 
 
 # ----------------------------------------------------------------------------
@@ -249,7 +266,7 @@ def test_identity_cache_is_keyed_by_face_and_combine_and_bounded(graph):
         first = _face_kv(attention(face_with(random_embedding(300))))
         first_ref = weakref.ref(first[next(iter(first))][0])
         uncond = {k: (v[2], v[3]) for k, v in first.items()}
-        for i in range(1, 3 * bound):
+        for i in range(1, bound + 2):
             kv = _face_kv(attention(face_with(random_embedding(300 + i))))
             assert all(kv[k][2] is uncond[k][0] and kv[k][3] is uncond[k][1] for k in kv), "uncond K/V recomputed"
             assert adapter.cache_info()["entries"] <= bound
@@ -286,24 +303,6 @@ def attention_only(graph, model, weight=0.8):
 # ----------------------------------------------------------------------------
 # Half-precision compute (what a GPU runs: fp16 or bf16 weights and activations)
 # ----------------------------------------------------------------------------
-
-@torch.no_grad()
-def denoise_once(model, positive, negative, sigma: float = 3.0, seed: int = 11) -> torch.Tensor:
-    """One CFG model call through ComfyUI's sampling code; returns the CFG'd denoised latent (fp32)."""
-    import comfy.sample
-    import comfy.samplers
-
-    out = {}
-
-    def one_call(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
-        out["denoised"] = model_k(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {})).float()
-        return out["denoised"]
-
-    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
-    comfy.sample.sample_custom(model, noise, 5.0, comfy.samplers.KSAMPLER(one_call), torch.tensor([sigma, 0.0]),
-                               positive, negative, torch.zeros_like(noise), disable_pbar=True, seed=seed)
-    return out["denoised"]
-
 
 def load_computing_in(graph, dtype, monkeypatch):
     """The tiny UNet and IdentityNet stored and run in ``dtype``, as ComfyUI does on a GPU that supports it.
