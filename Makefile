@@ -1,7 +1,7 @@
 # The commands README.md documents. `make env` is run by the others when needed.
 PY := .venv/bin/python
 
-.PHONY: env run test test-full bench lint models doctor
+.PHONY: env run test test-full bench gpu-check lint models doctor
 
 env: .venv/.bootstrapped
 .venv/.bootstrapped: scripts/bootstrap.sh requirements.txt requirements-dev.txt
@@ -19,6 +19,9 @@ test-full: env
 
 bench: env
 	$(PY) -m instantid.bench
+
+gpu-check: env
+	$(PY) -m instantid.gpu_check
 
 lint: env
 	$(PY) -m ruff check .
