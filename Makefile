@@ -1,7 +1,7 @@
 # The commands README.md documents. `make env` is run by the others when needed.
 PY := .venv/bin/python
 
-.PHONY: env env-other run test test-full bench lint models doctor
+.PHONY: env env-other run test test-full bench gpu-check lint models doctor
 
 env: .venv/.bootstrapped
 .venv/.bootstrapped: scripts/bootstrap.sh requirements.txt requirements-dev.txt
@@ -27,6 +27,9 @@ env-other: env
 
 bench: env
 	$(PY) -m instantid.bench
+
+gpu-check: env
+	$(PY) -m instantid.gpu_check
 
 lint: env
 	$(PY) -m ruff check .

@@ -10,12 +10,16 @@ expected and what was found.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import AdapterFileError
@@ -32,6 +36,12 @@ _KV_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
 _REQUIRED_PROJ = ("latents", "proj_in.weight", "proj_in.bias", "proj_out.weight", "proj_out.bias",
                   "norm_out.weight", "norm_out.bias")
 
+# Identities (tokens + face K/V) kept per adapter. One full-width identity holds ~10.7 MB of face K/V
+# per face row, so the byte bound only bites for large face batches; both keep a long-running server
+# that sees many different faces from growing.
+IDENTITY_CACHE_ENTRIES = 8
+IDENTITY_CACHE_BYTES = 256 * 2**20
+
 
 @dataclass(frozen=True)
 class IdentityTokens:
@@ -39,7 +49,8 @@ class IdentityTokens:
 
     cond: ``[F, Q, D]`` tokens of the face embedding(s), F = 1 or one per
         latent in the batch. uncond: ``[1, Q, D]`` = Resampler(zeros), what
-        the reference feeds the unconditional CFG rows. float32, CPU.
+        the reference feeds the unconditional CFG rows. float32, CPU; shared
+        between Applies of the same identity, so never modified in place.
     """
 
     cond: torch.Tensor
@@ -48,9 +59,11 @@ class IdentityTokens:
 
 @dataclass(frozen=True)
 class FaceKV:
-    """Face keys and values for every patched layer, computed once per Apply.
+    """Face keys and values for every patched layer, computed once per identity.
 
     per_layer[key] = (k_cond ``[F,Q,C]``, v_cond, k_uncond ``[1,Q,C]``, v_uncond), float32, CPU.
+    The uncond pair is a constant of the adapter: the same tensors for every identity.
+    Shared between Applies, so never modified in place.
     """
 
     per_layer: dict[AttnKey, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -147,23 +160,90 @@ def derive_config(proj: dict[str, torch.Tensor], kv: dict[str, torch.Tensor], pa
     return config, kv_shapes
 
 
-class InstantIDAdapter:
-    """A loaded adapter: the module under a ComfyUI ModelPatcher plus what the file said about itself.
+def _digest(t: torch.Tensor) -> bytes:
+    """Content key of a tensor: same values, shape and dtype -> same key."""
+    data = t.detach().to("cpu").contiguous()
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{tuple(data.shape)}|{data.dtype}".encode())
+    h.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return h.digest()
 
-    The weights sit on ComfyUI's offload device and are moved only by the
-    memory manager (``load_models_gpu``), for the one-off projections done
-    when a node applies InstantID; sampling never needs them.
+
+class _Identity:
+    """One cached identity: its tokens and, once asked for, its face K/V."""
+
+    __slots__ = ("tokens", "kv", "nbytes")
+
+    def __init__(self, tokens: IdentityTokens) -> None:
+        self.tokens = tokens
+        self.kv: FaceKV | None = None
+        self.nbytes = tokens.cond.nbytes
+
+
+class _IdentityCache:
+    """Least-recently-used identities, bounded by count and by bytes (the adapter's uncond constants excluded)."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[bytes, _Identity] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(item.nbytes for item in self._items.values())
+
+    def get(self, key: bytes) -> _Identity | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def find(self, tokens: IdentityTokens) -> _Identity | None:
+        with self._lock:
+            return next((item for item in self._items.values() if item.tokens is tokens), None)
+
+    def put(self, key: bytes, item: _Identity) -> None:
+        with self._lock:
+            self._items[key] = item
+            self._items.move_to_end(key)
+            self._shrink()
+
+    def grew(self, item: _Identity, extra: int) -> None:
+        with self._lock:
+            item.nbytes += extra
+            self._shrink()
+
+    def _shrink(self) -> None:
+        while self._items and (len(self._items) > self.max_entries or self.nbytes > self.max_bytes):
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class InstantIDAdapter:
+    """A loaded adapter: its weights in CPU RAM, plus the identities made with it so far.
+
+    The weights are needed once per new identity (the Resampler makes 16
+    tokens, then two small products per layer give the face K/V), well under
+    a second on a CPU. Moving 845 MB to the GPU for that would push the UNet
+    out on small cards, so they never leave RAM and are never handed to
+    ComfyUI's memory manager: fp8 flags, partial loading and offload splits
+    cannot reach them. Sampling only needs the face K/V (tens of MB), which
+    the attention patch moves to wherever the UNet runs.
     """
 
     def __init__(self, module: AdapterModule, config: ResamplerConfig, kv_shapes: dict[int, tuple[int, int]], path: str) -> None:
-        import comfy.model_management as mm
-        import comfy.model_patcher
-
         self.module = module
         self.config = config
         self.kv_shapes = kv_shapes
         self.path = path
-        self.patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+        self._cache = _IdentityCache(IDENTITY_CACHE_ENTRIES, IDENTITY_CACHE_BYTES)
+        self._constants_lock = threading.Lock()
+        self._uncond_tokens: torch.Tensor | None = None
+        self._uncond_kv: dict[AttnKey, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def name(self) -> str:
@@ -174,38 +254,67 @@ class InstantIDAdapter:
         """K/V output width per ComfyUI attn2 key."""
         return {key: self.kv_shapes[n][0] for n, key, _ in SDXL_ATTN2_LAYERS}
 
-    def _loaded(self) -> tuple[AdapterModule, torch.device, torch.dtype]:
-        import comfy.model_management as mm
+    def cache_info(self) -> dict[str, int]:
+        """How many identities are cached and the bytes they hold (bounds included)."""
+        return {"entries": len(self._cache), "bytes": self._cache.nbytes,
+                "max_entries": self._cache.max_entries, "max_bytes": self._cache.max_bytes}
 
-        mm.load_models_gpu([self.patcher])
-        device = self.patcher.load_device
-        dtype = next(self.module.parameters()).dtype
-        return self.module, device, dtype
+    def _resampler(self, x: torch.Tensor) -> torch.Tensor:
+        """``[F, 1, 512]`` -> ``[F, Q, D]`` in float32 on the CPU, where the weights are."""
+        return self.module.image_proj(x.to(device="cpu", dtype=torch.float32))
+
+    def _project(self, tokens: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pair = self.module.ip_adapter[str(n)]
+        # K/V weights may be stored in fp16 (see load_adapter); the products are float32.
+        return F.linear(tokens, pair.to_k_ip.weight.float()), F.linear(tokens, pair.to_v_ip.weight.float())
+
+    @torch.no_grad()
+    def _constants(self) -> tuple[torch.Tensor, dict[AttnKey, tuple[torch.Tensor, torch.Tensor]]]:
+        """Resampler(zeros) and its K/V per layer: what every unconditional row sees, whatever the face."""
+        with self._constants_lock:
+            if self._uncond_kv is None:
+                uncond = self._resampler(torch.zeros(1, 1, self.config.embedding_dim))
+                self._uncond_kv = {key: self._project(uncond, n) for n, key, _ in SDXL_ATTN2_LAYERS}
+                self._uncond_tokens = uncond
+            return self._uncond_tokens, self._uncond_kv
 
     @torch.no_grad()
     def identity_tokens(self, embeddings: torch.Tensor) -> IdentityTokens:
-        """Face embeddings ``[F, 512]`` (raw insightface vectors) -> IdentityTokens."""
+        """Face embeddings ``[F, 512]`` (raw insightface vectors) -> IdentityTokens, computed once per embedding."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.config.embedding_dim:
             raise ValueError(f"identity_tokens expects [F, {self.config.embedding_dim}] embeddings, got {list(embeddings.shape)}")
-        module, device, dtype = self._loaded()
-        x = embeddings.to(device=device, dtype=dtype)[:, None, :]
-        cond = module.image_proj(x)
-        uncond = module.image_proj(torch.zeros_like(x[:1]))
-        return IdentityTokens(cond=cond.float().cpu(), uncond=uncond.float().cpu())
+        embeddings = embeddings.detach().to(device="cpu", dtype=torch.float32)
+        key = b"embedding:" + _digest(embeddings)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit.tokens
+        uncond, _ = self._constants()
+        tokens = IdentityTokens(cond=self._resampler(embeddings[:, None, :]), uncond=uncond)
+        self._cache.put(key, _Identity(tokens))
+        return tokens
 
     @torch.no_grad()
     def face_kv(self, tokens: IdentityTokens) -> FaceKV:
-        """Project the tokens through every layer's to_k_ip / to_v_ip once."""
-        module, device, dtype = self._loaded()
-        cond = tokens.cond.to(device=device, dtype=dtype)
-        uncond = tokens.uncond.to(device=device, dtype=dtype)
+        """Project the tokens through every layer's to_k_ip / to_v_ip, once per identity."""
+        uncond, uncond_kv = self._constants()
+        item = self._cache.find(tokens)
+        if item is None:  # tokens not made by identity_tokens (or evicted since): key them by their values
+            key = b"tokens:" + _digest(tokens.cond) + _digest(tokens.uncond)
+            item = self._cache.get(key)
+            if item is None:
+                item = _Identity(tokens)
+                self._cache.put(key, item)
+        if item.kv is not None:
+            return item.kv
+        cond = tokens.cond.to(device="cpu", dtype=torch.float32)
+        same_uncond = tokens.uncond is uncond or torch.equal(tokens.uncond, uncond)
         per_layer = {}
         for n, key, _ in SDXL_ATTN2_LAYERS:
-            pair = module.ip_adapter[str(n)]
-            per_layer[key] = tuple(
-                t.float().cpu() for t in (pair.to_k_ip(cond), pair.to_v_ip(cond), pair.to_k_ip(uncond), pair.to_v_ip(uncond))
-            )
-        return FaceKV(per_layer=per_layer)
+            k_u, v_u = uncond_kv[key] if same_uncond else self._project(tokens.uncond.float(), n)
+            per_layer[key] = (*self._project(cond, n), k_u, v_u)
+        item.kv = FaceKV(per_layer=per_layer)
+        self._cache.grew(item, sum(t.nbytes for kv in per_layer.values() for t in kv[:2]))
+        return item.kv
 
 
 def _is_pickle(path: str) -> bool:
@@ -258,9 +367,16 @@ def read_adapter_file(path: str, published_file: PublishedFile = PUBLISHED_ADAPT
         ) from exc
 
 
-def load_adapter(path: str) -> InstantIDAdapter:
-    """Read, validate and wrap the adapter file (``.bin`` pickle or flat ``.safetensors``)."""
-    sd = read_adapter_file(path)
+def _face_kv_storage_dtype() -> torch.dtype:
+    """float32 where the host keeps diffusion weights in fp32 (CPU), else fp16: half the RAM, and never fp8,
+    which neither LayerNorm nor matmul accepts (--fp8_e4m3fn-unet makes unet_dtype() a float8 type)."""
+    import comfy.model_management as mm
+
+    return torch.float32 if mm.unet_dtype() in (torch.float32, torch.float64) else torch.float16
+
+
+def adapter_from_state_dict(sd: dict[str, torch.Tensor], path: str) -> InstantIDAdapter:
+    """Validate and wrap an adapter state dict (either published layout); ``path`` names it in errors."""
     proj, kv = split_state_dict(sd, path)
     config, kv_shapes = derive_config(proj, kv, path)
     with torch.device("meta"):
@@ -271,9 +387,20 @@ def load_adapter(path: str) -> InstantIDAdapter:
         module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise AdapterFileError(f"{os.path.basename(path)}: tensors do not fit the InstantID layout: {exc}") from exc
-    import comfy.model_management as mm
-
-    # The host's choice for diffusion weights: fp32 on CPU, fp16/bf16 on a GPU.
-    module = module.to(dtype=mm.unet_dtype()).eval().requires_grad_(False)
-    log.info("Loaded InstantID adapter %s: Resampler %s, %d face K/V pairs", os.path.basename(path), config, len(kv_shapes))
+    # The Resampler (82 M parameters) stays float32: it runs on the CPU, once per identity. The 140 face
+    # K/V matrices (340 M) are only multiplied by 16 tokens, so 16-bit storage costs no accuracy that matters.
+    module = module.to(dtype=torch.float32).eval().requires_grad_(False)
+    storage = _face_kv_storage_dtype()
+    if storage != torch.float32:
+        for param in module.ip_adapter.parameters():
+            stored = param.data.to(storage)
+            if torch.isfinite(stored).all():  # a weight beyond fp16's range keeps float32
+                param.data = stored
+    log.info("Loaded InstantID adapter %s: Resampler %s, %d face K/V pairs (%s)", os.path.basename(path), config,
+             len(kv_shapes), str(storage).replace("torch.", ""))
     return InstantIDAdapter(module, config, kv_shapes, path)
+
+
+def load_adapter(path: str) -> InstantIDAdapter:
+    """Read, validate and wrap the adapter file (``.bin`` pickle or flat ``.safetensors``)."""
+    return adapter_from_state_dict(read_adapter_file(path), path)
