@@ -9,37 +9,25 @@ pack's scripts must log no error. Recipe as in tests/test_browser.py.
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.request
-
 import cubiq_graphs
 import pytest
-from test_browser import CHROMIUM, LAUNCH_ARGS, _browser_missing
+from browser import first_run_done, launch, new_page, require_browser
 from test_workflows import check_api, with_test_models
 
 from instantid.migrate import migrate_workflow
 
 pytestmark = pytest.mark.server
-PACK_URL = "/extensions/comfyui-instantid/"
 MENU_LABEL = "Convert cubiq InstantID nodes"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    reason = _browser_missing()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs Chromium and Playwright for the browser tests: {reason}")
-        pytest.skip(f"browser test needs Chromium and Playwright: {reason}")
+    require_browser()
     from server import graph_server
 
     srv = graph_server(tmp_path_factory.mktemp("browser-migrate"))
     srv.object_info = srv.get("/object_info")
-    req = urllib.request.Request(srv.url + "/settings", data=json.dumps({"Comfy.TutorialCompleted": True}).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=30) as r:
-        assert r.status == 200
+    first_run_done(srv.url)
     yield srv
     srv.stop()
 
@@ -49,24 +37,8 @@ def page(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.pack_errors = []
-
-        def on_console(msg):
-            where = msg.location.get("url", "") if msg.location else ""
-            if msg.type == "error" and PACK_URL in where + " " + msg.text:
-                page.pack_errors.append(f"console: {msg.text} ({where})")
-
-        def on_page_error(err):
-            if PACK_URL in f"{err} {err.stack}":
-                page.pack_errors.append(f"pageerror: {err}\n{err.stack}")
-
-        page.on("console", on_console)
-        page.on("pageerror", on_page_error)
-        page.goto(server.url, wait_until="domcontentloaded", timeout=30_000)
-        page.wait_for_function("() => window.app && window.app.vueAppReady && window.app.graph", timeout=30_000)
-        yield page
+        browser = launch(pw)
+        yield new_page(browser, server.url, {"width": 1280, "height": 800})
         browser.close()
 
 

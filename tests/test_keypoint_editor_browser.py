@@ -13,15 +13,12 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import first_run_done, launch, new_page, require_browser, screenshot
 from PIL import Image
 from test_face_keypoints import spec_hint
 
@@ -29,41 +26,17 @@ pytestmark = pytest.mark.server
 
 PACK_DIR = Path(__file__).resolve().parent.parent
 WORKFLOW = PACK_DIR / "workflows" / "keypoint_editor.json"
-CHROMIUM = Path("/usr/bin/chromium")
-PACK_URL = "/extensions/comfyui-instantid/"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(os.environ.get("INSTANTID_ARTIFACTS", Path(tempfile.gettempdir()) / "instantid-artifacts"))
 NOSE = 2
-
-
-def _browser_missing() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install -r requirements-dev.txt)"
-    if not CHROMIUM.exists():
-        how = "run scripts/install_browser.sh" if shutil.which("apt-get") else "no apt-get here to install it"
-        return f"{CHROMIUM} is missing ({how})"
-    return None
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    reason = _browser_missing()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: the keypoint editor browser test needs Chromium and Playwright: {reason}")
-        pytest.skip(f"browser test needs Chromium and Playwright: {reason}")
+    require_browser()
     from server import graph_server
 
     srv = graph_server(tmp_path_factory.mktemp("keypoint-editor"))
     try:
-        # Without this a first-run templates dialog covers the canvas (the answer is 200 with an empty body).
-        req = urllib.request.Request(srv.url + "/settings", data=json.dumps({"Comfy.TutorialCompleted": True}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(req, timeout=30) as r:
-            assert r.status == 200
+        first_run_done(srv.url)
         yield srv
     finally:
         srv.stop()
@@ -74,24 +47,8 @@ def page(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.pack_errors = []
-
-        def on_console(msg):
-            where = msg.location.get("url", "") if msg.location else ""
-            if msg.type == "error" and PACK_URL in f"{where} {msg.text}":
-                page.pack_errors.append(f"console: {msg.text} ({where})")
-
-        def on_page_error(err):
-            if PACK_URL in f"{err} {err.stack}":
-                page.pack_errors.append(f"pageerror: {err}\n{err.stack}")
-
-        page.on("console", on_console)
-        page.on("pageerror", on_page_error)
-        page.goto(server.url, wait_until="domcontentloaded", timeout=60_000)
-        page.wait_for_function("() => window.app && window.app.vueAppReady && window.app.graph", timeout=60_000)
-        yield page
+        browser = launch(pw)
+        yield new_page(browser, server.url, {"width": 1600, "height": 1000})
         browser.close()
 
 
@@ -245,10 +202,7 @@ def test_dragged_point_lands_on_the_drop_pixel_of_the_server_hint(server, page):
     print(f"page hint vs server hint: {differ} of {W * H} pixels differ")
     assert differ == 0
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "keypoint_editor.png"
-    page.screenshot(path=str(shot))
-    print(f"screenshot: {shot}")
+    shot = screenshot(page, "keypoint_editor")
     assert shot.stat().st_size > 0
     assert not page.pack_errors, "\n".join(page.pack_errors)
 
