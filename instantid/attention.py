@@ -178,12 +178,13 @@ class FaceAttentionPatch:
         if self.previous is not None:
             out = self.previous(q, k, v, extra_options)
         else:
-            out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
+            out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options)
         face = self.face
         if face.active(extra_options.get("sigmas")):
             cond_or_uncond = extra_options["cond_or_uncond"]
             k_face, v_face = face.batch_kv(self.key, cond_or_uncond, q.shape[0], q.device, q.dtype)
-            face_out = optimized_attention(q, k_face, v_face, heads, attn_precision=extra_options.get("attn_precision"))
+            face_out = optimized_attention(q, k_face, v_face, heads, attn_precision=extra_options.get("attn_precision"),
+                                           transformer_options=extra_options)
             if face.mask is not None:
                 grid = _token_grid(extra_options, q.shape[1])
                 face_out = face_out * face.batch_mask(grid, cond_or_uncond, q.shape[0], q.device, q.dtype)
