@@ -17,7 +17,7 @@ from comfy_api.latest import io, ui
 
 from ..instantid import face_analysis, face_models, face_store, keypoints, similarity
 from ..instantid.faces import COMBINE_MODES
-from .types import CATEGORY, COMBINE_TOOLTIP, FaceAnalyzer, Faces, choice_error
+from .types import CATEGORY, COMBINE_TOOLTIP, FaceAnalyzer, Faces, choice_error, require_choice
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,15 @@ class InstantIDFaceAnalyzerLoader(io.ComfyNode):
             outputs=[FaceAnalyzer.Output(display_name="face_analyzer")],
         )
 
+    _CHOICE = ("an insightface model pack", "Put the pack's .onnx files in ComfyUI/models/insightface/models/<pack>/.")
+
     @classmethod
-    def validate_inputs(cls, model_pack: str, provider: str, det_size: int) -> bool | str:
-        return choice_error(model_pack, _pack_options(), "an insightface model pack",
-                            "Put the pack's .onnx files in ComfyUI/models/insightface/models/<pack>/.")
+    def validate_inputs(cls, model_pack: str | None, provider: str | None, det_size: int | None) -> bool | str:
+        return choice_error(model_pack, _pack_options(), *cls._CHOICE)
 
     @classmethod
     def execute(cls, model_pack: str, provider: str, det_size: int) -> io.NodeOutput:
+        require_choice(model_pack, _pack_options(), *cls._CHOICE, face_models.FaceModelsError)
         return io.NodeOutput(face_models.load_analyzer(model_pack, provider, det_size))
 
 
@@ -281,10 +283,11 @@ class InstantIDLoadFaces(io.ComfyNode):
             outputs=[Faces.Output(display_name="faces")],
         )
 
+    _CHOICE = ("a saved face in models/instantid_faces", "Save one with 'InstantID Save Face' first, or pick one from the list.")
+
     @classmethod
-    def validate_inputs(cls, face_file: str) -> bool | str:
-        return choice_error(face_file, folder_paths.get_filename_list(face_store.FOLDER_NAME), "a saved face in models/instantid_faces",
-                            "Save one with 'InstantID Save Face' first, or pick one from the list.")
+    def validate_inputs(cls, face_file: str | None) -> bool | str:
+        return choice_error(face_file, folder_paths.get_filename_list(face_store.FOLDER_NAME), *cls._CHOICE)
 
     @classmethod
     def fingerprint_inputs(cls, face_file: str) -> str:
@@ -296,6 +299,7 @@ class InstantIDLoadFaces(io.ComfyNode):
 
     @classmethod
     def execute(cls, face_file: str) -> io.NodeOutput:
+        require_choice(face_file, folder_paths.get_filename_list(face_store.FOLDER_NAME), *cls._CHOICE, face_store.FaceFileError)
         path = folder_paths.get_full_path(face_store.FOLDER_NAME, face_file)
         if path is None:
             folders = ", ".join(folder_paths.get_folder_paths(face_store.FOLDER_NAME))
