@@ -78,7 +78,10 @@ class InstantIDFaceAnalyzerLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_pack: str, provider: str, det_size: int) -> io.NodeOutput:
-        require_choice(model_pack, _pack_options(), *cls._CHOICE, face_models.FaceModelsError)
+        if not isinstance(model_pack, str) or Path(model_pack).name != model_pack or model_pack in ("", ".", ".."):
+            # A path, not a pack name (it can come by a link): refused like validate_inputs does. A plain name
+            # that is not installed goes on to load_analyzer, whose error lists every folder it searched.
+            require_choice(model_pack, _pack_options(), *cls._CHOICE, face_models.FaceModelsError)
         return io.NodeOutput(face_models.load_analyzer(model_pack, provider, det_size))
 
 
