@@ -125,9 +125,9 @@ class IdentityNetControl(comfy.controlnet.ControlBase):
         rows = x_noisy.shape[0]
         # Set before every call: the inner ControlNet keeps a hint whose size matches, and would stretch a whole-image
         # hint onto a crop.
-        self.inner.cond_hint = self._hint_rows(x_noisy, plan, rows)
+        self.inner.cond_hint = hint = self._hint_rows(x_noisy, plan, rows)
         face_cond = dict(cond)
-        face_cond["crossattn_controlnet"] = cfg_rows(self.tokens.cond, self.tokens.uncond, plan.identity, rows)
+        face_cond["crossattn_controlnet"] = self._token_rows(plan, rows, hint.device, hint.dtype)
         own = self.inner.get_control(x_noisy, t, face_cond, batched_number, transformer_options)
         if own is None:
             return prev
@@ -135,20 +135,28 @@ class IdentityNetControl(comfy.controlnet.ControlBase):
             own = self._masked(own, plan, rows)
         return _add_residuals(own, prev)
 
-    def _mask_rows(self, shape: tuple[int, int], plan: ChunkPlan, rows: int, device) -> torch.Tensor:
-        key = ("mask", shape, plan.areas, plan.latent_hw, rows, device)
+    def _mask_rows(self, shape: tuple[int, int], plan: ChunkPlan, rows: int, device, dtype) -> torch.Tensor:
+        key = ("mask", shape, plan.areas, plan.latent_hw, rows, device, dtype)
         hit = self._cache.get(key)
         if hit is None:
             per_chunk = rows // len(plan.areas)
             parts = [repeat_rows(F.interpolate(crop_to_area(self.mask, area, plan.latent_hw)[:, None].to(torch.float32), size=shape,
                                                mode="bilinear", align_corners=False), per_chunk, "mask")
                      for area in plan.areas]
-            self._cache[key] = hit = torch.cat(parts).to(device)
+            self._cache[key] = hit = torch.cat(parts).to(device=device, dtype=dtype)
         return hit
 
     def _masked(self, control: dict, plan: ChunkPlan, rows: int) -> dict:
-        return {name: [r if r is None else r * self._mask_rows(tuple(r.shape[-2:]), plan, rows, r.device).to(r.dtype) for r in residuals]
+        return {name: [r if r is None else r * self._mask_rows(tuple(r.shape[-2:]), plan, rows, r.device, r.dtype) for r in residuals]
                 for name, residuals in control.items()}
+
+    def _token_rows(self, plan: ChunkPlan, rows: int, device, dtype) -> torch.Tensor:
+        """IdentityNet's context for this call, kept on the control model's device (no copy per step)."""
+        key = ("tokens", plan.identity, rows, device, dtype)
+        hit = self._cache.get(key)
+        if hit is None:
+            self._cache[key] = hit = cfg_rows(self.tokens.cond, self.tokens.uncond, plan.identity, rows).to(device=device, dtype=dtype)
+        return hit
 
     def pre_run(self, model, percent_to_timestep_function):
         super().pre_run(model, percent_to_timestep_function)

@@ -177,6 +177,17 @@ def test_identity_follows_the_conditioning_in_every_core_guider(env, case):
     assert sorted(_check_chunks(env, chunks, case)) == expected_names
 
 
+def test_perp_neg_without_its_negative_is_cfg_with_the_empty_prompt(env):
+    """Why the empty prompt gets no face: with neg_scale 0 PerpNeg is CFG with the empty prompt as the negative
+    (ComfyUI's maths), so the two must give the same result."""
+    model, pos, neg = _apply(env)
+    empty = _conditioning(*env["texts"]["empty"], PIXELS)
+    perp = _one_evaluation(_guider("PerpNegGuider", model=model, positive=pos, negative=neg, empty_conditioning=empty, cfg=5.0,
+                                   neg_scale=0.0), env)
+    cfg = _one_evaluation(_guider("CFGGuider", model=model, positive=pos, negative=empty, cfg=5.0), env)
+    compare("perp_neg_0 vs cfg", perp, cfg)
+
+
 def test_the_rows_are_told_apart_by_the_reference(env):
     """The check above can fail: the face and Resampler(zeros) give clearly different chunks."""
     x = env["noise"] * env["sigma"]
