@@ -2,8 +2,9 @@
 
 Each patched layer computes
 ``SDPA(q, k_text, v_text) + w * SDPA(q, k_face, v_face)`` before the layer's
-output projection. Conditional CFG rows see the face tokens, unconditional
-rows Resampler(zeros), matched row by row through ``cond_or_uncond``.
+output projection. Rows of conditional conds see the face tokens, rows of the
+negative (unconditional) ones Resampler(zeros); which is which, the window in
+sigmas and the crop of area conds are learnt at sampling time (``sampling``).
 
 Patch objects never mutate what they were given. A patch already present at
 a key (another pack's, or an earlier InstantID) is kept as the text branch
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from .adapter import FaceKV, InstantIDAdapter
 from .errors import BatchMismatchError, ModelMismatchError
 from .layers import SDXL_ATTN2_KEYS, AttnKey
+from .sampling import STEP_KEY, ChunkPlan, Step, add_wrappers, chunk_plan, crop_to_area
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +80,11 @@ def repeat_rows(t: torch.Tensor, rows: int, what: str) -> torch.Tensor:
     )
 
 
-def cfg_rows(cond: torch.Tensor, uncond: torch.Tensor, cond_or_uncond: list[int], rows: int) -> torch.Tensor:
-    """Face data for every row of a batched model call: chunk i gets ``cond`` or ``uncond`` as ComfyUI's
-    ``cond_or_uncond[i]`` says (0 = conditional), each repeated to the chunk's batch by ``repeat_rows``."""
-    per_chunk = rows // len(cond_or_uncond)
-    return torch.cat([repeat_rows(cond if kind == 0 else uncond, per_chunk, "face") for kind in cond_or_uncond])
+def cfg_rows(cond: torch.Tensor, uncond: torch.Tensor, identity: Sequence[bool], rows: int) -> torch.Tensor:
+    """Face data for every row of a batched model call: chunk i gets ``cond`` where ``identity[i]`` (see
+    ``sampling.ChunkPlan``) and ``uncond`` elsewhere, each repeated to the chunk's batch by ``repeat_rows``."""
+    per_chunk = rows // len(identity)
+    return torch.cat([repeat_rows(cond if face else uncond, per_chunk, "face") for face in identity])
 
 
 def _token_grid(extra_options: dict, tokens: int) -> tuple[int, int]:
@@ -97,53 +99,71 @@ def _token_grid(extra_options: dict, tokens: int) -> tuple[int, int]:
     raise RuntimeError(f"cannot map {tokens} attention tokens onto the {h}x{w} latent")
 
 
-@dataclass
 class FaceAttention:
     """Shared, read-only description of one InstantID application plus its per-device caches.
 
-    weight: the ``w`` scalar. sigma_start/sigma_end: the active window.
-    mask: optional ``[M, H, W]`` float mask (1 = inject identity).
+    weight: the ``w`` scalar. start_at/end_at: the window as fractions of the schedule; each sampling run turns
+    them into sigmas with the model sampling it really uses (a ModelSampling node may follow Apply), as
+    ComfyUI's ControlNet does in ``pre_run``. fallback_window: (sigma_start, sigma_end) from the model at Apply
+    time, only for calls outside a ComfyUI sampler. mask: optional ``[M, H, W]`` float mask (1 = inject identity).
     """
 
-    kv: FaceKV
-    weight: float
-    sigma_start: float
-    sigma_end: float
-    mask: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
+    def __init__(self, kv: FaceKV, weight: float, start_at: float, end_at: float, fallback_window: tuple[float, float],
+                 mask: torch.Tensor | None = None) -> None:
+        self.kv = kv
+        self.weight = weight
+        self.start_at, self.end_at = start_at, end_at
+        self.fallback_window = fallback_window
+        self.mask = mask
         self._cache: dict = {}
+        self._always_active = start_at <= 0.0 and end_at >= 1.0
         self._last_sigmas: torch.Tensor | None = None
-        self._last_active = True
-        self._always_active = self.sigma_start >= 1e8 and self.sigma_end <= 0.0
+        self._last_sigma = float("inf")
 
-    def active(self, sigmas: torch.Tensor | None) -> bool:
-        """Decided once per sampler step: the same sigma tensor reaches all 70 layers."""
-        if self._always_active or sigmas is None:
-            return True
+    def sigma(self, step: Step | None, sigmas: torch.Tensor | None) -> float:
+        """This model call's sigma, read from the device once per step (the same tensor reaches all 70 layers)."""
+        if step is not None:
+            return step.sigma
+        if sigmas is None:
+            return float("inf")
         if sigmas is not self._last_sigmas:
-            sigma = float(sigmas.max())
-            self._last_sigmas = sigmas
-            self._last_active = self.sigma_end <= sigma <= self.sigma_start
-        return self._last_active
+            self._last_sigmas, self._last_sigma = sigmas, float(sigmas.detach().flatten()[0])
+        return self._last_sigma
 
-    def batch_kv(self, key: AttnKey, cond_or_uncond: list[int], rows: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        cache_key = ("kv", key, tuple(cond_or_uncond), rows, device, dtype)
+    def active(self, step: Step | None, sigmas: torch.Tensor | None) -> bool:
+        """In the start/end window at this call's sigma; decided once per step."""
+        if self._always_active:
+            return True
+        if step is None:
+            start, end = self.fallback_window
+            return sigmas is None or end <= self.sigma(None, sigmas) <= start
+        hit = step.active.get(id(self))
+        if hit is None:
+            start, end = step.run.window(self.start_at, self.end_at) if step.run is not None else self.fallback_window
+            hit = step.active[id(self)] = end <= step.sigma <= start
+        return hit
+
+    def batch_kv(self, key: AttnKey, identity: tuple[bool, ...], rows: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        cache_key = ("kv", key, identity, rows, device, dtype)
         hit = self._cache.get(cache_key)
         if hit is None:
             k_c, v_c, k_u, v_u = self.kv.per_layer[key]
-            hit = (cfg_rows(k_c, k_u, cond_or_uncond, rows).to(device=device, dtype=dtype),
-                   cfg_rows(v_c, v_u, cond_or_uncond, rows).to(device=device, dtype=dtype))
+            hit = (cfg_rows(k_c, k_u, identity, rows).to(device=device, dtype=dtype),
+                   cfg_rows(v_c, v_u, identity, rows).to(device=device, dtype=dtype))
             self._cache[cache_key] = hit
         return hit
 
-    def batch_mask(self, grid: tuple[int, int], cond_or_uncond: list[int], rows: int, device, dtype) -> torch.Tensor:
-        cache_key = ("mask", grid, len(cond_or_uncond), rows, device, dtype)
+    def batch_mask(self, grid: tuple[int, int], plan: ChunkPlan, rows: int, device, dtype) -> torch.Tensor:
+        """``[rows, tokens, 1]``: per chunk, the mask cut to the chunk's crop (area conds) and nearest-resized to the grid."""
+        cache_key = ("mask", grid, plan.areas, plan.latent_hw, rows, device, dtype)
         hit = self._cache.get(cache_key)
         if hit is None:
-            small = F.interpolate(self.mask[:, None].float(), size=grid, mode="nearest")[:, 0]
-            small = repeat_rows(small.reshape(small.shape[0], -1, 1), rows // len(cond_or_uncond), "mask")
-            hit = small.repeat(len(cond_or_uncond), 1, 1).to(device=device, dtype=dtype)
+            per_chunk = rows // len(plan.areas)
+            parts = []
+            for area in plan.areas:
+                small = F.interpolate(crop_to_area(self.mask, area, plan.latent_hw)[:, None].float(), size=grid, mode="nearest")[:, 0]
+                parts.append(repeat_rows(small.reshape(small.shape[0], -1, 1), per_chunk, "mask"))
+            hit = torch.cat(parts).to(device=device, dtype=dtype)
             self._cache[cache_key] = hit
         return hit
 
@@ -175,26 +195,27 @@ class FaceAttentionPatch:
         from comfy.ldm.modules.attention import optimized_attention
 
         heads = extra_options["n_heads"]
+        precision = extra_options.get("attn_precision")
+        # transformer_options reach optimized_attention so that attention-backend overrides apply here too.
         if self.previous is not None:
             out = self.previous(q, k, v, extra_options)
         else:
-            out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
+            out = optimized_attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
         face = self.face
-        if face.active(extra_options.get("sigmas")):
-            cond_or_uncond = extra_options["cond_or_uncond"]
-            k_face, v_face = face.batch_kv(self.key, cond_or_uncond, q.shape[0], q.device, q.dtype)
-            face_out = optimized_attention(q, k_face, v_face, heads, attn_precision=extra_options.get("attn_precision"))
+        step = extra_options.get(STEP_KEY)
+        if face.active(step, extra_options.get("sigmas")):
+            plan = chunk_plan(extra_options, 1)
+            k_face, v_face = face.batch_kv(self.key, plan.identity, q.shape[0], q.device, q.dtype)
+            face_out = optimized_attention(q, k_face, v_face, heads, attn_precision=precision, transformer_options=extra_options)
             if face.mask is not None:
                 grid = _token_grid(extra_options, q.shape[1])
-                face_out = face_out * face.batch_mask(grid, cond_or_uncond, q.shape[0], q.device, q.dtype)
+                face_out = face_out * face.batch_mask(grid, plan, q.shape[0], q.device, q.dtype)
             out = out + face.weight * face_out
         if self.added:
-            out = self._run_added(out, q, k, v, extra_options)
+            out = self._run_added(out, q, k, v, extra_options, face.sigma(step, extra_options.get("sigmas")))
         return out
 
-    def _run_added(self, out, q, k, v, extra_options):
-        sigmas = extra_options.get("sigmas")
-        sigma = float(sigmas.detach()[0]) if sigmas is not None else float("inf")
+    def _run_added(self, out, q, k, v, extra_options, sigma: float):
         for callback, kwargs in self.added:
             if kwargs.get("sigma_end", float("-inf")) <= sigma <= kwargs.get("sigma_start", float("inf")):
                 out = out + callback(out, q, k, v, extra_options, **kwargs)
@@ -216,16 +237,21 @@ class FaceAttentionPatch:
 
 def patch_model(model, adapter: InstantIDAdapter, kv: FaceKV, weight: float, start_at: float, end_at: float,
                 mask: torch.Tensor | None = None):
-    """A clone of ``model`` with face attention in all 70 SDXL attn2 layers; ``model`` is left untouched."""
+    """A clone of ``model`` with face attention in all 70 SDXL attn2 layers; ``model`` is left untouched.
+
+    The clone also carries the pack's sampler wrappers (``sampling.add_wrappers``): they tell the patch, at
+    sampling time, which rows carry the identity, the window in sigmas and the crop of area conds.
+    """
     check_model(model, adapter)
     sampling = model.get_model_object("model_sampling")
     face = FaceAttention(
-        kv=kv, weight=float(weight),
-        sigma_start=float(sampling.percent_to_sigma(start_at)), sigma_end=float(sampling.percent_to_sigma(end_at)),
+        kv=kv, weight=float(weight), start_at=float(start_at), end_at=float(end_at),
+        fallback_window=(float(sampling.percent_to_sigma(start_at)), float(sampling.percent_to_sigma(end_at))),
         mask=None if mask is None else (mask[None] if mask.ndim == 2 else mask).float().cpu(),
     )
     patched = model.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for key in SDXL_ATTN2_KEYS:
         patched.set_model_attn2_replace(FaceAttentionPatch(face, key, existing.get(key)), *key)
+    add_wrappers(patched)
     return patched

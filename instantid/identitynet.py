@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import comfy.controlnet
+import comfy.utils
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +18,7 @@ from .adapter import IdentityTokens
 from .attention import attn2_modules, cfg_rows, repeat_rows
 from .errors import ControlNetMismatchError
 from .faces import Faces
+from .sampling import ChunkPlan, chunk_plan, crop_to_area, wrapper_hooks
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +62,11 @@ def _add_residuals(own: dict, prev: dict | None) -> dict:
 class IdentityNetControl(comfy.controlnet.ControlBase):
     """ControlBase wrapper: runs an inner copy of the IdentityNet with the face tokens as context.
 
-    tokens: IdentityTokens (cond rows get ``tokens.cond``, uncond rows ``tokens.uncond``).
+    tokens: IdentityTokens (rows of conditional conds get ``tokens.cond``, rows of the negative ``tokens.uncond``;
+        which is which comes from ``sampling.chunk_plan``).
     mask: optional ``[M, H, W]``; residuals are multiplied by it, bilinearly resized to each resolution.
-    pose: optional FACES whose keypoints are drawn at the generation size when no hint image was given.
+    pose: optional FACES whose first face's keypoints are drawn at the generation size when no hint image was given.
+    The hint and the mask cover the whole image; a chunk computed on a crop (area conds) gets its part of them.
     """
 
     def __init__(self, inner, tokens: IdentityTokens, mask: torch.Tensor | None = None, pose: Faces | None = None,
@@ -73,57 +77,93 @@ class IdentityNetControl(comfy.controlnet.ControlBase):
         self.mask = mask
         self.pose = pose
         self.placement = placement
-        self._drawn_size: tuple[int, int] | None = None
+        self._cache: dict = {}  # per sampling run: drawn/resized hints, resized masks (by shape, crop and device)
 
     def set_cond_hint(self, cond_hint, strength=1.0, timestep_percent_range=(0.0, 1.0), vae=None, extra_concat=[]):  # noqa: B006 - host signature
         super().set_cond_hint(cond_hint, strength, timestep_percent_range, vae, extra_concat)
         self.inner.set_cond_hint(cond_hint, strength, timestep_percent_range, vae, extra_concat)
         return self
 
-    def _draw_hint(self, height: int, width: int) -> None:
-        if self.pose is None or self._drawn_size == (height, width):
-            return
-        from .keypoints import keypoint_images
+    def _whole_hint(self, height: int, width: int) -> torch.Tensor:
+        """``[N, 3, height, width]``: the drawn pose, or the given hint resized as ComfyUI's ControlNet does."""
+        key = ("hint", height, width)
+        hit = self._cache.get(key)
+        if hit is None:
+            if self.pose is not None:
+                from .keypoints import pose_image
 
-        hint = keypoint_images(self.pose, width, height, placement=self.placement)[:1]
-        self.inner.cond_hint_original = hint.movedim(-1, 1)
-        self.inner.cond_hint = None
-        self._drawn_size = (height, width)
+                hit = pose_image(self.pose, width, height, self.placement).movedim(-1, 1)
+            else:
+                hit = comfy.utils.common_upscale(self.inner.cond_hint_original, width, height, self.inner.upscale_algorithm, "center")
+            self._cache[key] = hit = self.inner.preprocess_image(hit)
+        return hit
+
+    def _hint_rows(self, x_noisy: torch.Tensor, plan: ChunkPlan, rows: int) -> torch.Tensor:
+        """The hint for this call: whole, or cut to each chunk's crop, on the control model's device and dtype."""
+        ratio = self.inner.compression_ratio
+        latent_hw = plan.latent_hw or tuple(x_noisy.shape[-2:])
+        dtype = self.inner.manual_cast_dtype or self.inner.control_model.dtype
+        key = ("rows", plan.areas, latent_hw, rows, x_noisy.device, dtype)
+        hit = self._cache.get(key)
+        if hit is None:
+            whole = self._whole_hint(latent_hw[0] * ratio, latent_hw[1] * ratio)
+            if len(set(plan.areas)) == 1:  # one crop for all chunks: ComfyUI broadcasts the batch itself
+                hit = crop_to_area(whole, plan.areas[0], latent_hw)
+            else:
+                per_chunk = rows // len(plan.areas)
+                parts = [crop_to_area(whole, area, latent_hw) for area in plan.areas]
+                hit = torch.cat([p.expand(per_chunk, -1, -1, -1) if p.shape[0] == 1
+                                 else comfy.controlnet.broadcast_image_to(p, per_chunk, 1) for p in parts])
+            self._cache[key] = hit = hit.to(device=x_noisy.device, dtype=dtype)
+        return hit
 
     def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
         prev = None
         if self.previous_controlnet is not None:
             prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
-        self._draw_hint(x_noisy.shape[-2] * self.inner.compression_ratio, x_noisy.shape[-1] * self.inner.compression_ratio)
-        cond_or_uncond = transformer_options.get("cond_or_uncond") or [0] * batched_number
+        plan = chunk_plan(transformer_options, batched_number)
+        rows = x_noisy.shape[0]
+        # Set before every call: the inner ControlNet keeps a hint whose size matches, and would stretch a whole-image
+        # hint onto a crop.
+        self.inner.cond_hint = hint = self._hint_rows(x_noisy, plan, rows)
         face_cond = dict(cond)
-        face_cond["crossattn_controlnet"] = cfg_rows(self.tokens.cond, self.tokens.uncond, cond_or_uncond, x_noisy.shape[0])
+        face_cond["crossattn_controlnet"] = self._token_rows(plan, rows, hint.device, hint.dtype)
         own = self.inner.get_control(x_noisy, t, face_cond, batched_number, transformer_options)
         if own is None:
             return prev
         if self.mask is not None:
-            own = self._masked(own, x_noisy.shape[0], len(cond_or_uncond))
+            own = self._masked(own, plan, rows)
         return _add_residuals(own, prev)
 
-    def _masked(self, control: dict, rows: int, chunks: int) -> dict:
-        out = {}
-        for name, residuals in control.items():
-            masked = []
-            for r in residuals:
-                if r is None:
-                    masked.append(r)
-                    continue
-                m = F.interpolate(self.mask[:, None].to(r.device, torch.float32), size=r.shape[-2:], mode="bilinear", align_corners=False)
-                m = repeat_rows(m, rows // chunks, "mask").repeat(chunks, 1, 1, 1)
-                masked.append(r * m.to(r.dtype))
-            out[name] = masked
-        return out
+    def _mask_rows(self, shape: tuple[int, int], plan: ChunkPlan, rows: int, device, dtype) -> torch.Tensor:
+        key = ("mask", shape, plan.areas, plan.latent_hw, rows, device, dtype)
+        hit = self._cache.get(key)
+        if hit is None:
+            per_chunk = rows // len(plan.areas)
+            parts = [repeat_rows(F.interpolate(crop_to_area(self.mask, area, plan.latent_hw)[:, None].to(torch.float32), size=shape,
+                                               mode="bilinear", align_corners=False), per_chunk, "mask")
+                     for area in plan.areas]
+            self._cache[key] = hit = torch.cat(parts).to(device=device, dtype=dtype)
+        return hit
+
+    def _masked(self, control: dict, plan: ChunkPlan, rows: int) -> dict:
+        return {name: [r if r is None else r * self._mask_rows(tuple(r.shape[-2:]), plan, rows, r.device, r.dtype) for r in residuals]
+                for name, residuals in control.items()}
+
+    def _token_rows(self, plan: ChunkPlan, rows: int, device, dtype) -> torch.Tensor:
+        """IdentityNet's context for this call, kept on the control model's device (no copy per step)."""
+        key = ("tokens", plan.identity, rows, device, dtype)
+        hit = self._cache.get(key)
+        if hit is None:
+            self._cache[key] = hit = cfg_rows(self.tokens.cond, self.tokens.uncond, plan.identity, rows).to(device=device, dtype=dtype)
+        return hit
 
     def pre_run(self, model, percent_to_timestep_function):
         super().pre_run(model, percent_to_timestep_function)
         self.inner.pre_run(model, percent_to_timestep_function)
 
     def cleanup(self):
+        self._cache.clear()
         self.inner.cleanup()
         super().cleanup()
 
@@ -144,11 +184,13 @@ class IdentityNetControl(comfy.controlnet.ControlBase):
 
 def apply_identitynet(positive, negative, control_net, tokens: IdentityTokens, hint: torch.Tensor | None,
                       strength: float, start_at: float, end_at: float, mask: torch.Tensor | None = None,
-                      pose: Faces | None = None, placement: str = "cover", vae=None):
+                      pose: Faces | None = None, placement: str = "cover", vae=None, bring_wrappers: bool = False):
     """New (positive, negative) with IdentityNet chained after any ControlNet already on them.
 
     hint: IMAGE ``[N, H, W, 3]`` keypoint image, or None to draw ``pose``'s
     keypoints at the generation size when sampling starts.
+    bring_wrappers: the model was not patched by the pack (IdentityNet alone), so the control carries the
+    pack's sampler wrappers itself, as a hook group ComfyUI registers for ControlNets (``extra_hooks``).
     """
     check_controlnet(control_net, tokens.cond.shape[-1])
     if hint is None and pose is None:
@@ -161,6 +203,8 @@ def apply_identitynet(positive, negative, control_net, tokens: IdentityTokens, h
     placeholder = torch.zeros(1, 3, 8, 8) if hint is None else hint.movedim(-1, 1)
     template = IdentityNetControl(inner, tokens, mask, pose if hint is None else None, placement)
     template.set_cond_hint(placeholder, strength, (start_at, end_at), vae=vae)
+    if bring_wrappers:
+        template.extra_hooks = wrapper_hooks()
     made: dict = {}
     out = []
     for conditioning in (positive, negative):

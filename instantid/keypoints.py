@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import cv2
 import numpy as np
 import torch
 
-from .faces import FaceRecord, Faces
+from .faces import FaceRecord, Faces, NoFaceError
+
+log = logging.getLogger(__name__)
 
 PLACEMENTS = ("cover", "contain", "box")
 COLOURS = (
@@ -122,3 +125,36 @@ def keypoint_images(
     if not frames:
         return torch.zeros((0, int(height), int(width), 3), dtype=torch.float32)
     return torch.from_numpy(np.stack(frames).astype(np.float32) / 255.0)
+
+
+def pose_image(faces: Faces, width: int, height: int, placement: str = "cover") -> torch.Tensor:
+    """IdentityNet's drawn hint: the keypoints of the first frame that has a face, float32 ``[1, height, width, 3]``.
+
+    Frames without a face (no-face policy 'skip' or 'pass through') are passed over, so a FACES value whose
+    first image had no face still gives the pose of the face it does hold, never a black hint.
+    """
+    record = next((f for f in faces.frames if f is not None), None)
+    if record is None:
+        raise NoFaceError(f"No face to draw keypoints from: all {len(faces)} frame(s) of the FACES input are without a face.")
+    drawn = draw_keypoints(place_keypoints(record, width, height, placement), width, height)
+    return torch.from_numpy(drawn.astype(np.float32) / 255.0)[None]
+
+
+def pose_faces(identity: Faces, pose: Faces | None, node: str) -> Faces:
+    """Whose keypoints IdentityNet draws: ``pose`` when given, else the identity's own faces.
+
+    A ``pose`` without any face is an error naming the input, unless its analysis node was set to 'pass
+    through': then, as that policy promises, it is as if no pose were connected (logged).
+    """
+    if pose is None:
+        return identity
+    if pose.found:
+        return pose
+    if pose.no_face_policy == "pass_through":
+        log.warning("%s: the pose_faces input has no face (policy 'pass through'); the identity photo's keypoints are used.", node)
+        return identity
+    raise NoFaceError(
+        f"{node}: the pose_faces input has no face in any of its {len(pose)} frame(s). Connect a photo with a clearly "
+        "visible face, disconnect pose_faces to take the pose from the identity photo, or set the pose's face "
+        "analysis node to 'pass through' to fall back to the identity's keypoints."
+    )

@@ -11,6 +11,7 @@ from .adapter import FaceKV, IdentityTokens, InstantIDAdapter
 from .attention import check_model, patch_model
 from .faces import Faces, NoFaceError, combine_embeddings
 from .identitynet import apply_identitynet, check_controlnet
+from .keypoints import pose_faces
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ def apply_identitynet_only(positive, negative, control_net, adapter: InstantIDAd
     check_controlnet(control_net, adapter.config.output_dim)
     if passes_through(faces, "InstantID IdentityNet Only"):
         return positive, negative
+    pose = None if keypoint_image is not None else pose_faces(faces, pose, "InstantID IdentityNet Only")
     return apply_identitynet(positive, negative, control_net, identity_tokens(adapter, faces, combine), keypoint_image,
-                             strength, start_at, end_at, mask, pose=pose or faces, placement=placement)
+                             strength, start_at, end_at, mask, pose=pose, placement=placement, bring_wrappers=True)
 
 
 def apply_instantid(model, positive, negative, adapter: InstantIDAdapter, control_net, faces: Faces,
@@ -73,8 +75,9 @@ def apply_instantid(model, positive, negative, adapter: InstantIDAdapter, contro
     check_controlnet(control_net, adapter.config.output_dim)
     if passes_through(faces, "Apply InstantID"):
         return model, positive, negative
+    pose = None if keypoint_image is not None else pose_faces(faces, pose, "Apply InstantID")
     tokens = identity_tokens(adapter, faces, combine)
     patched = face_attention_model(model, adapter, tokens, ip_weight, start_at, end_at, mask)
     positive, negative = apply_identitynet(positive, negative, control_net, tokens, keypoint_image, cn_strength,
-                                           start_at, end_at, mask, pose=pose or faces, placement=placement)
+                                           start_at, end_at, mask, pose=pose, placement=placement)
     return patched, positive, negative

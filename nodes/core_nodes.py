@@ -7,9 +7,10 @@ from comfy_api.latest import io
 
 from ..instantid import pipeline, published
 from ..instantid.adapter import load_adapter
+from ..instantid.errors import AdapterFileError
 from ..instantid.faces import COMBINE_MODES
 from ..instantid.paths import ADAPTER_FOLDER, adapter_download_hint, folders_text
-from .types import CATEGORY, COMBINE_TOOLTIP, PLACEMENT_TOOLTIP, Adapter, Faces, choice_error
+from .types import CATEGORY, COMBINE_TOOLTIP, PLACEMENT_TOOLTIP, Adapter, Faces, choice_error, require_choice
 
 PLACEMENTS = ["cover", "contain"]
 
@@ -47,7 +48,9 @@ def _pose_inputs() -> list:
                        tooltip="Keypoint image for IdentityNet (from 'InstantID Keypoint Image'). "
                                "Left empty, the identity face's keypoints are drawn at the generation size."),
         Faces.Input("pose_faces", optional=True,
-                    tooltip="Take the pose (keypoints) from another photo's face instead of the identity photo."),
+                    tooltip="Take the pose (keypoints) from another photo's face instead of the identity photo "
+                            "(its first image with a face). Without any face: an error, or with 'pass through' on "
+                            "its Face Analyze node, the identity photo's keypoints."),
         io.Combo.Input("placement", options=PLACEMENTS, default="cover", tooltip=PLACEMENT_TOOLTIP),
     ]
 
@@ -66,14 +69,19 @@ class InstantIDLoader(io.ComfyNode):
             outputs=[Adapter.Output(display_name="instantid")],
         )
 
+    @staticmethod
+    def _choice() -> tuple[str, str]:
+        return ("an adapter file in models/instantid",
+                f"Pick one from the list; put {published.ADAPTER.filename} ({published.ADAPTER.url}) in "
+                f"{folders_text(ADAPTER_FOLDER)}. {adapter_download_hint()}.")
+
     @classmethod
-    def validate_inputs(cls, instantid_file: str) -> bool | str:
-        return choice_error(instantid_file, folder_paths.get_filename_list(ADAPTER_FOLDER), "an adapter file in models/instantid",
-                            f"Pick one from the list; put {published.ADAPTER.filename} ({published.ADAPTER.url}) in "
-                            f"{folders_text(ADAPTER_FOLDER)}. {adapter_download_hint()}.")
+    def validate_inputs(cls, instantid_file: str | None) -> bool | str:
+        return choice_error(instantid_file, folder_paths.get_filename_list(ADAPTER_FOLDER), *cls._choice())
 
     @classmethod
     def execute(cls, instantid_file: str) -> io.NodeOutput:
+        require_choice(instantid_file, folder_paths.get_filename_list(ADAPTER_FOLDER), *cls._choice(), AdapterFileError)
         return io.NodeOutput(load_adapter(folder_paths.get_full_path_or_raise(ADAPTER_FOLDER, instantid_file)))
 
 

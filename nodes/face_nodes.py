@@ -18,7 +18,7 @@ from comfy_api.latest import io, ui
 from ..instantid import face_analysis, face_models, face_store, keypoints, published, similarity
 from ..instantid.faces import COMBINE_MODES
 from ..instantid.paths import folders_text
-from .types import CATEGORY, COMBINE_TOOLTIP, FaceAnalyzer, Faces, choice_error
+from .types import CATEGORY, COMBINE_TOOLTIP, FaceAnalyzer, Faces, choice_error, require_choice
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,18 @@ class InstantIDFaceAnalyzerLoader(io.ComfyNode):
             outputs=[FaceAnalyzer.Output(display_name="face_analyzer")],
         )
 
+    @staticmethod
+    def _choice() -> tuple[str, str]:
+        return ("an insightface model pack",
+                f"Put the pack's .onnx files in <insightface folder>/models/<pack>/; the insightface folders are "
+                f"{folders_text(face_models.FOLDER_NAME)}.")
+
     @classmethod
-    def validate_inputs(cls, model_pack: str) -> bool | str:
+    def validate_inputs(cls, model_pack: str | None) -> bool | str:
         # Only model_pack: ComfyUI attributes the message to each argument named here (and range-checks
         # det_size itself only when it is not).
-        verdict = choice_error(model_pack, _pack_options(), "an insightface model pack",
-                               f"Put the pack's .onnx files in <insightface folder>/models/<pack>/; the insightface folders are "
-                               f"{folders_text(face_models.FOLDER_NAME)}.")
-        if verdict is not True:
+        verdict = choice_error(model_pack, _pack_options(), *cls._choice())
+        if verdict is not True or model_pack is None:  # None: a link, checked in execute
             return verdict
         # Checked here, not only when the node runs, so that the first /prompt names this pack together
         # with every other missing file.
@@ -90,6 +94,10 @@ class InstantIDFaceAnalyzerLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_pack: str, provider: str, det_size: int) -> io.NodeOutput:
+        if not isinstance(model_pack, str) or Path(model_pack).name != model_pack or model_pack in ("", ".", ".."):
+            # A path, not a pack name (it can come by a link): refused like validate_inputs does. A plain name
+            # that is not installed goes on to load_analyzer, whose error lists every folder it searched.
+            require_choice(model_pack, _pack_options(), *cls._choice(), face_models.FaceModelsError)
         return io.NodeOutput(face_models.load_analyzer(model_pack, provider, det_size))
 
 
@@ -294,10 +302,11 @@ class InstantIDLoadFaces(io.ComfyNode):
             outputs=[Faces.Output(display_name="faces")],
         )
 
+    _CHOICE = ("a saved face in models/instantid_faces", "Save one with 'InstantID Save Face' first, or pick one from the list.")
+
     @classmethod
-    def validate_inputs(cls, face_file: str) -> bool | str:
-        return choice_error(face_file, folder_paths.get_filename_list(face_store.FOLDER_NAME), "a saved face in models/instantid_faces",
-                            "Save one with 'InstantID Save Face' first, or pick one from the list.")
+    def validate_inputs(cls, face_file: str | None) -> bool | str:
+        return choice_error(face_file, folder_paths.get_filename_list(face_store.FOLDER_NAME), *cls._CHOICE)
 
     @classmethod
     def fingerprint_inputs(cls, face_file: str) -> str:
@@ -309,6 +318,7 @@ class InstantIDLoadFaces(io.ComfyNode):
 
     @classmethod
     def execute(cls, face_file: str) -> io.NodeOutput:
+        require_choice(face_file, folder_paths.get_filename_list(face_store.FOLDER_NAME), *cls._CHOICE, face_store.FaceFileError)
         path = folder_paths.get_full_path(face_store.FOLDER_NAME, face_file)
         if path is None:
             folders = ", ".join(folder_paths.get_folder_paths(face_store.FOLDER_NAME))

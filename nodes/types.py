@@ -23,9 +23,21 @@ PLACEMENT_TOOLTIP = (
 )
 
 
-def choice_error(value: str, options: list[str], what: str, fix: str) -> bool | str:
+def choice_error(value: str | None, options: list[str], what: str, fix: str) -> bool | str:
     """``validate_inputs`` helper: ComfyUI 0.3.75 does not check V3 COMBO values against their options,
-    so a file or folder name sent through the API (e.g. '../../etc/passwd') would otherwise reach ``execute``."""
-    if value in options:
+    so a file or folder name sent through the API (e.g. '../../etc/passwd') would otherwise reach ``execute``.
+
+    None means the combo is driven by a link: ComfyUI validates before the upstream node has run, so the
+    value is unknown here and ``require_choice`` checks it in ``execute``.
+    """
+    if value is None or value in options:
         return True
     return f"{value!r} is not {what} (available: {', '.join(options) or 'none'}). {fix}"
+
+
+def require_choice(value: str, options: list[str], what: str, fix: str, error: type[Exception]) -> str:
+    """``execute`` side of ``choice_error``: the same message, raised as ``error``, for values that came by a link."""
+    problem = choice_error(value, options, what, fix)
+    if problem is not True or value is None:
+        raise error(problem if isinstance(problem, str) else f"No value for {what}. {fix}")
+    return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from e2e_models import load_graph, run_v3
@@ -141,3 +142,69 @@ def test_follows_the_model_dtype(graph, weight_dtype):
     assert (out - plain).abs().max() > 1e-3
     # Same maths as the fp32 model up to the storage precision of the weights.
     assert (out - ref).abs().max() < 0.25 * ref.abs().max()
+
+
+class HintSpy:
+    """Records the ``hint`` every forward of a ControlNet's control model receives."""
+
+    def __init__(self, control_net) -> None:
+        self.model = control_net.control_model
+        self.original = self.model.forward
+        self.hints: list[torch.Tensor] = []
+
+        def spy(*args, **kwargs):
+            self.hints.append(kwargs["hint"].detach().clone())
+            return self.original(*args, **kwargs)
+
+        self.model.forward = spy
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward
+
+
+def _drawn(record, size=128) -> np.ndarray:
+    """The keypoint image of ``record`` at size x size, drawn by the independent spec implementation
+    (same aspect as the photo: 'cover' is a plain resize)."""
+    from test_face_keypoints import spec_hint
+
+    return spec_hint(np.asarray(record.keypoints, np.float64) * (size / record.source_size[0]), size, size)
+
+
+def _analyze(graph, image, policy):
+    return _v3("InstantIDFaceAnalyze", face_analyzer=graph["analyzer"], image=image, face_choice="largest", face_index=0,
+               no_face_policy=policy, weights="")[0]
+
+
+def _hint_seen(graph, model, positive, negative) -> np.ndarray:
+    with HintSpy(graph["control_net"]) as spy:
+        _sample(model, positive, negative, steps=1)
+    assert spy.hints, "IdentityNet never ran"
+    return (spy.hints[0][0].movedim(0, -1).float() * 255).round().to(torch.uint8).numpy()
+
+
+@pytest.mark.parametrize("policy", ["skip", "pass_through"])
+def test_pose_is_drawn_from_the_first_frame_with_a_face(graph, policy):
+    """Frame 0 has no face, frame 1 has one: IdentityNet gets frame 1's keypoints, not a black hint."""
+    from e2e_models import face_photo
+
+    images = torch.cat([torch.full((1, 256, 256, 3), 0.15), face_photo()])
+    faces = _analyze(graph, images, policy)
+    assert faces.missing_frames == [0]
+    model, positive, negative = _apply(graph, faces=faces)
+    expected = _drawn(faces.frames[1])
+    assert expected.max() == 255
+    np.testing.assert_array_equal(_hint_seen(graph, model, positive, negative), expected)
+
+
+def test_pose_faces_without_a_face(graph):
+    """pose_faces with no face: a clear error, or with its policy 'pass through', the identity's own keypoints."""
+    from instantid.errors import InstantIDError
+
+    blank = torch.full((1, 256, 256, 3), 0.15)
+    with pytest.raises((InstantIDError, ValueError), match="pose_faces input has no face"):
+        _apply(graph, pose_faces=_analyze(graph, blank, "skip"))
+    model, positive, negative = _apply(graph, pose_faces=_analyze(graph, blank, "pass_through"))
+    np.testing.assert_array_equal(_hint_seen(graph, model, positive, negative), _drawn(graph["faces"].frames[0]))

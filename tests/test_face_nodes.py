@@ -13,9 +13,10 @@ import folder_paths
 import numpy as np
 import pytest
 from face_fixtures import blank_images, face_analyzer, face_pack_root, paint_face  # noqa: F401
+from test_face_keypoints import spec_hint
 
 import nodes as comfy_nodes
-from instantid import face_models, face_store, keypoints
+from instantid import face_models, face_store
 
 FACE_NODE_IDS = [
     "InstantIDFaceAnalyzerLoader",
@@ -84,8 +85,16 @@ def test_analyze_keypoints_similarity_chain(face_analyzer):
         box_height=0.5,
     )
     assert kps[0].shape == (2, 1024, 768, 3)
-    expected = keypoints.keypoint_images(faces, 768, 1024, "box", (0.25, 0.25, 0.5, 0.5))
-    assert bool((kps[0] == expected).all())
+    # Independently: the face's box fitted (aspect kept, centred) into the 384 x 512 box at (192, 256), then the
+    # spec's drawing (tests/test_face_keypoints.py); the frame without a face stays black.
+    record = faces.frames[0]
+    x1, y1, x2, y2 = (float(v) for v in record.bbox)
+    scale = min(384 / (x2 - x1), 512 / (y2 - y1))
+    origin = np.array([192 + (384 - (x2 - x1) * scale) / 2, 256 + (512 - (y2 - y1) * scale) / 2])
+    points = (np.asarray(record.keypoints, np.float64) - [x1, y1]) * scale + origin
+    drawn = (kps[0].numpy() * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(drawn[0], spec_hint(points, 768, 1024))
+    assert drawn[0].max() == 255 and drawn[1].max() == 0
 
     generated = paint_face(blank_images(batch=3), 300, 300, 64, 80, frame=0)  # same identity elsewhere
     paint_face(generated, 100, 100, 64, 80, frame=1, red=210, blue=230)  # another identity

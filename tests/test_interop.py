@@ -52,8 +52,8 @@ def _apply(g, model, positive=None, negative=None):
                start_at=0.0, end_at=1.0, combine="average", placement="cover")
 
 
-def _sample(g, model, positive=None, negative=None, seed=5, steps=2):
-    latent = N["EmptyLatentImage"]().generate(SIZE, SIZE, 1)[0]
+def _sample(g, model, positive=None, negative=None, seed=5, steps=2, size=SIZE):
+    latent = N["EmptyLatentImage"]().generate(size, size, 1)[0]
     return N["KSampler"]().sample(model, seed, steps, 5.0, "euler", "normal", positive or g["positive"],
                                   negative or g["negative"], latent)[0]["samples"]
 
@@ -206,3 +206,89 @@ def test_ten_reruns_on_a_cached_upstream_are_identical_and_do_not_accumulate(g):
     assert all(torch.equal(r, results[run % 2]) for run, r in enumerate(results))
     assert _differs(results[0], results[1])
     assert same(snapshot(upstream.model_options), upstream_before)
+
+
+# ----------------------------------------------------------------------------
+# (d) an attention-backend pack (SageAttention-style override)
+# ----------------------------------------------------------------------------
+
+def _with_override(model, override):
+    """What an attention-backend pack does in ComfyUI 0.3.75: put ``optimized_attention_override`` in the model's
+    transformer_options; comfy/ldm/modules/attention.py (wrap_attn) then hands it every attention call that
+    receives those transformer_options."""
+    m = model.clone()
+    m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = override
+    return m
+
+
+def test_attention_backend_override_runs_for_text_and_face_branch_in_all_70_layers(g):
+    import collections
+
+    keys = collections.Counter()
+
+    def counting(func, *args, **kwargs):
+        keys[int(args[1].shape[1])] += 1  # key tokens: 77 text, 16 face, else self-attention
+        return func(*args, **kwargs)
+
+    forwards = []
+
+    def unet_wrapper(apply_model, args):
+        forwards.append(args["input"].shape[0])
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model, positive, negative = _apply(g, g["unet"])
+    counted = _with_override(model, counting)
+    counted.set_model_unet_function_wrapper(unet_wrapper)
+    # 96 px: token grids of 144, 36 and 9, so 16 keys can only be the face tokens.
+    _sample(g, counted, positive, negative, steps=1, size=96)
+    assert len(forwards) == 1
+    assert keys[77] == 70 and keys[16] == 70, dict(keys)
+
+
+def test_override_that_drops_the_face_branch_equals_weight_zero(g):
+    """The override really computes the face branch: one that returns zeros for it gives the ip_weight 0 image."""
+    def no_face(func, *args, **kwargs):
+        out = func(*args, **kwargs)
+        return out * 0 if args[1].shape[1] == 16 else out
+
+    def passthrough(func, *args, **kwargs):
+        return func(*args, **kwargs)
+
+    zero_model = _attention(g, g["unet"], weight=0.0)
+    dropped = _sample(g, _with_override(_attention(g, g["unet"]), no_face), size=96)
+    assert torch.equal(dropped, _sample(g, _with_override(zero_model, passthrough), size=96))
+    assert _differs(dropped, _sample(g, _with_override(_attention(g, g["unet"]), passthrough), size=96))
+
+
+def test_added_callbacks_and_window_read_the_sigma_once_per_step(g, monkeypatch):
+    """A pack that .add()s to InstantID's patch (IP-Adapter protocol): deciding its sigma window must not read the
+    sigma tensor in every layer (on a GPU each read is a device sync). Reads from the pack's code are counted."""
+    import os
+    import sys
+
+    reads = []
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            if os.path.basename(os.path.dirname(sys._getframe(1).f_code.co_filename)) == "instantid":
+                reads.append(sys._getframe(1).f_code.co_name)
+            return original(self, *args, **kwargs)
+        return read
+
+    forwards = []
+
+    def unet_wrapper(apply_model, args):
+        forwards.append(1)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    stacked = apply_foreign(_attention(g, g["unet"]), weight=0.3, seed=2)
+    stacked.set_model_unet_function_wrapper(unet_wrapper)
+    for name in ("__float__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    CALLS.clear()
+    _sample(g, stacked, steps=2)
+    monkeypatch.undo()
+    assert len(forwards) == 2 and CALLS["extra"] == 70 * len(forwards)  # the added callback ran in every layer, every step
+    assert len(reads) <= 2 * len(forwards), (len(reads), len(forwards), sorted(set(reads)))

@@ -186,43 +186,64 @@ def sigma_of(model) -> float:
 _REF_CACHE: dict = {}
 
 
-def reference_denoise(unet, controlnet, adapter_sd, x, sigma, timestep, inp, *, weight=0.0, strength=0.0, mask=None):
+def reference_denoise(unet, controlnet, adapter_sd, x, sigma, timestep, inp, *, weight=0.0, strength=0.0, mask=None, hint=None):
     """Cached :func:`_reference_denoise` (every case starts from the same x; asserted by the key)."""
-    key = (float(x.sum()), float(x.abs().sum()), sigma, weight, strength, None if mask is None else float(mask.sum()))
+    key = (tuple(x.shape), float(x.sum()), float(x.abs().sum()), sigma, weight, strength,
+           None if mask is None else float(mask.sum()), None if hint is None else float((hint * torch.arange(hint.numel()).reshape(hint.shape)).sum()))
     if key not in _REF_CACHE:
         _REF_CACHE[key] = _reference_denoise(unet, controlnet, adapter_sd, x, sigma, timestep, inp,
-                                             weight=weight, strength=strength, mask=mask)
+                                             weight=weight, strength=strength, mask=mask, hint=hint)
     return _REF_CACHE[key]
 
 
 @torch.no_grad()
-def _reference_denoise(unet, controlnet, adapter_sd, x, sigma, timestep, inp, *, weight=0.0, strength=0.0, mask=None):
-    """The independent pipeline: eps for the cond and uncond rows, CFG, denoised = x - sigma * eps."""
-    tok_c = ref_resampler(adapter_sd["image_proj"], inp["embedding"][None, None])
-    tok_u = ref_resampler(adapter_sd["image_proj"], torch.zeros(1, 1, 512))
-    x_in = x / math.sqrt(sigma**2 + 1.0)
-    t = torch.tensor([timestep])
-    time_ids = torch.tensor([[PIXELS, PIXELS, 0, 0, PIXELS, PIXELS]], dtype=torch.float32)
-    eps = {}
+def reference_eps(unet, controlnet, adapter_sd, x_in, timestep, text, pooled, tokens, *, weight=0.0, strength=0.0,
+                  hint=None, mask=None, size=(PIXELS, PIXELS)):
+    """eps of the independent pipeline for rows that share one text, one set of face tokens and one hint.
+
+    x_in: the scaled latent ``[B, 4, h, w]`` the UNet sees (x / sqrt(sigma^2 + 1)); text ``[1, 77, 2048]``,
+    pooled ``[1, 1280]``, tokens ``[1, 16, 2048]`` (face or Resampler(zeros)) are broadcast to B rows.
+    hint: IMAGE ``[1, 8h, 8w, 3]`` for IdentityNet (with strength); mask: ``[1, 8h, 8w]`` pixels.
+    size: (height, width) of the whole image, SDXL's size conditioning.
+    """
+    b = x_in.shape[0]
+    t = torch.tensor([timestep] * b)
+    time_ids = torch.tensor([[size[0], size[1], 0, 0, size[0], size[1]]], dtype=torch.float32).expand(b, -1)
+    text, pooled, tokens = text.expand(b, -1, -1), pooled.expand(b, -1), tokens.expand(b, -1, -1)
+    added = {"text_embeds": pooled, "time_ids": time_ids}
+    extra = {}
+    if strength:
+        down, mid = controlnet(x_in, t, encoder_hidden_states=tokens, controlnet_cond=hint.movedim(-1, 1).expand(b, -1, -1, -1),
+                               conditioning_scale=strength, added_cond_kwargs=added, return_dict=False)
+        if mask is not None:
+            def m(r):
+                return r * F.interpolate(mask[:, None], size=r.shape[-2:], mode="bilinear", align_corners=False)
+            down, mid = [m(r) for r in down], m(mid)
+        extra = {"down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
     with face_processors(unet, adapter_sd["ip_adapter"]) as state:
-        state.weight, state.mask = weight, mask
-        for row, text, pooled, tokens in (("c", inp["text_c"], inp["pooled_c"], tok_c),
-                                          ("u", inp["text_u"], inp["pooled_u"], tok_u)):
-            added = {"text_embeds": pooled, "time_ids": time_ids}
-            extra = {}
-            if strength:
-                down, mid = controlnet(x_in, t, encoder_hidden_states=tokens, controlnet_cond=inp["hint"].movedim(-1, 1),
-                                       conditioning_scale=strength, added_cond_kwargs=added, return_dict=False)
-                if mask is not None:
-                    def m(r):
-                        return r * F.interpolate(mask[:, None], size=r.shape[-2:], mode="bilinear", align_corners=False)
-                    down, mid = [m(r) for r in down], m(mid)
-                extra = {"down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
-            state.face = tokens
-            eps[row] = unet(x_in, t, encoder_hidden_states=text, added_cond_kwargs=added, return_dict=False, **extra)[0]
-        face_calls = state.calls
-    e = eps["u"] + CFG * (eps["c"] - eps["u"])
-    return x - sigma * e, face_calls
+        state.weight, state.mask, state.face = weight, mask, tokens
+        state.latent_hw = tuple(x_in.shape[-2:])
+        eps = unet(x_in, t, encoder_hidden_states=text, added_cond_kwargs=added, return_dict=False, **extra)[0]
+        return eps, state.calls
+
+
+def reference_tokens(adapter_sd, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(face tokens, Resampler(zeros)) from the independent Resampler, each ``[1, 16, 2048]``."""
+    return ref_resampler(adapter_sd["image_proj"], embedding[None, None]), ref_resampler(adapter_sd["image_proj"], torch.zeros(1, 1, 512))
+
+
+@torch.no_grad()
+def _reference_denoise(unet, controlnet, adapter_sd, x, sigma, timestep, inp, *, weight=0.0, strength=0.0, mask=None,
+                       hint=None):
+    """The independent pipeline: eps for the cond and uncond rows, CFG, denoised = x - sigma * eps."""
+    tok_c, tok_u = reference_tokens(adapter_sd, inp["embedding"])
+    x_in = x / math.sqrt(sigma**2 + 1.0)
+    hint = inp["hint"] if hint is None else hint
+    kwargs = dict(weight=weight, strength=strength, hint=hint, mask=mask, size=(x.shape[-2] * 8, x.shape[-1] * 8))
+    eps_c, calls_c = reference_eps(unet, controlnet, adapter_sd, x_in, timestep, inp["text_c"], inp["pooled_c"], tok_c, **kwargs)
+    eps_u, calls_u = reference_eps(unet, controlnet, adapter_sd, x_in, timestep, inp["text_u"], inp["pooled_u"], tok_u, **kwargs)
+    e = eps_u + CFG * (eps_c - eps_u)
+    return x - sigma * e, calls_c + calls_u
 
 
 def compare(name: str, got: torch.Tensor, want: torch.Tensor, tol: float = TOL) -> float:
@@ -311,14 +332,19 @@ def test_attention_only_with_mask(setup):
     compare("attention_only_mask", got["denoised"], want)
 
 
-def _full(s, ip_weight, strength, start=0.0, end=1.0, mask=None):
+def _full(s, ip_weight, strength, start=0.0, end=1.0, mask=None, hint="given", noise=None, positive_options=None, spy=None):
     from instantid import pipeline
 
     inp = s["inp"]
+    positive = conditioning(inp["text_c"], inp["pooled_c"])
+    positive[0][1].update(positive_options or {})
     model, pos, neg = pipeline.apply_instantid(
-        s["model"], conditioning(inp["text_c"], inp["pooled_c"]), conditioning(inp["text_u"], inp["pooled_u"]),
-        s["adapter"], s["cn"], s["faces"], inp["hint"], ip_weight, strength, start, end, mask)
-    return comfy_denoise(model, pos, neg, inp["noise"], s["sigma"])
+        s["model"], positive, conditioning(inp["text_u"], inp["pooled_u"]),
+        s["adapter"], s["cn"], s["faces"], inp["hint"] if hint == "given" else hint, ip_weight, strength, start, end, mask)
+    if spy is not None:
+        model = model.clone()
+        model.set_model_unet_function_wrapper(spy)
+    return comfy_denoise(model, pos, neg, inp["noise"] if noise is None else noise, s["sigma"])
 
 
 def test_full_attention_and_identitynet(setup, unpatched):
@@ -395,3 +421,54 @@ def test_exactly_70_attn2_replacements_fire_per_forward(setup):
     assert all(c == len(forwards) for c in counts.values()), counts
     assert sum(counts.values()) == 70 * len(forwards)
     assert all(counts[("middle", 0, i)] == len(forwards) for i in range(10))
+
+
+def test_full_with_latent_batch_of_two(setup):
+    """Two latents: each CFG chunk has 2 rows; face, mask and hint apply to both rows of the right chunk."""
+    s = setup
+    mask = s["inp"]["mask"]
+    noise = torch.cat([s["inp"]["noise"], torch.randn(1, 4, LATENT, LATENT, generator=torch.Generator().manual_seed(99))])
+    got = _full(s, 0.8, 0.8, mask=mask, noise=noise)
+    assert got["x"].shape[0] == 2
+    want, _ = reference_denoise(s["unet"], s["controlnet"], s["sd"], got["x"], s["sigma"], s["timestep"], s["inp"],
+                                weight=0.8, strength=0.8, mask=mask)
+    compare("full_batch2", got["denoised"], want)
+    assert float((want[0] - want[1]).abs().max()) > 1e-3, "the two latents should differ"
+
+
+def test_full_with_cond_first_batch_order(setup):
+    """ComfyUI batches [uncond, cond] ([1, 0]) by default; a 'default' positive cond (hook nodes' SetDefault) makes it
+    [0, 1]. Rows must follow the order, not assume it."""
+    s = setup
+    seen = []
+
+    def spy(apply_model, args):
+        seen.append(list(args["cond_or_uncond"]))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    mask = s["inp"]["mask"]
+    got = _full(s, 0.8, 0.8, mask=mask, positive_options={"default": True}, spy=spy)
+    assert seen == [[0, 1]], seen
+    want, _ = reference_denoise(s["unet"], s["controlnet"], s["sd"], got["x"], s["sigma"], s["timestep"], s["inp"],
+                                weight=0.8, strength=0.8, mask=mask)
+    compare("full_order_0_1", got["denoised"], want)
+
+
+def test_full_with_keypoints_drawn_by_the_pack(setup):
+    """No keypoint image: the pack draws the identity face's keypoints at the generation size. The reference draws
+    them with the independent implementation of spec section 3 (tests/test_face_keypoints.py)."""
+    from test_face_keypoints import spec_hint
+
+    s = setup
+    record = s["faces"].frames[0]
+    scale = PIXELS / record.source_size[0]  # same aspect: 'cover' is a plain resize
+    drawn = spec_hint(np.asarray(record.keypoints, np.float64) * scale, PIXELS, PIXELS)
+    hint = torch.from_numpy(drawn.astype(np.float32) / 255.0)[None]
+    assert float(hint.max()) == 1.0
+    got = _full(s, 0.8, 0.8, hint=None)
+    want, _ = reference_denoise(s["unet"], s["controlnet"], s["sd"], got["x"], s["sigma"], s["timestep"], s["inp"],
+                                weight=0.8, strength=0.8, hint=hint)
+    compare("full_drawn_keypoints", got["denoised"], want)
+    given, _ = reference_denoise(s["unet"], s["controlnet"], s["sd"], got["x"], s["sigma"], s["timestep"], s["inp"],
+                                 weight=0.8, strength=0.8)
+    assert float((want - given).abs().max()) > 1e-3, "the drawn hint made no difference in the reference"

@@ -81,3 +81,39 @@ def test_bad_input_gives_a_node_error_and_the_server_keeps_serving(server):
     assert "SDXL models only" in messages, messages
     good = server.run_prompt(api_workflow(server.models, seed=4))
     assert good["status"]["status_str"] == "success"
+
+
+def _choice(value: str) -> dict:
+    return {"class_type": "InstantIDTestChoice", "inputs": {"value": value}}
+
+
+def test_file_and_folder_combos_driven_by_a_link(server):
+    """A combo fed by a link reaches validate_inputs as None (ComfyUI validates before the upstream node ran): the
+    prompt must be accepted and the value checked when the node runs."""
+    linked = api_workflow(server.models, seed=5)
+    linked["adapter_name"] = _choice(server.models.adapter_name)
+    linked["pack_name"] = _choice("antelopev2")
+    linked["adapter"]["inputs"]["instantid_file"] = ["adapter_name", 0]
+    linked["analyzer"]["inputs"]["model_pack"] = ["pack_name", 0]
+    entry = server.run_prompt(linked)
+    assert entry["status"]["status_str"] == "success", f"{entry['status']}\n{server.log_text()[-4000:]}"
+
+
+@pytest.mark.parametrize(("node", "field", "message"), [
+    ("adapter", "instantid_file", "is not an adapter file in models/instantid"),
+    ("analyzer", "model_pack", "is not an insightface model pack"),
+    ("load_face", "face_file", "is not a saved face in models/instantid_faces"),
+])
+def test_a_linked_combo_with_a_wrong_name_fails_when_run_and_the_server_keeps_serving(server, node, field, message):
+    bad = api_workflow(server.models, seed=6)
+    bad["load_face"] = {"class_type": "InstantIDLoadFaces", "inputs": {"face_file": "x"}}
+    bad["apply"]["inputs"]["faces"] = ["load_face", 0] if node == "load_face" else ["faces", 0]
+    bad["wrong_name"] = _choice("../../etc/passwd")
+    bad[node]["inputs"][field] = ["wrong_name", 0]
+    if node != "load_face":
+        del bad["load_face"]
+    entry = server.run_prompt(bad)
+    assert entry["status"]["status_str"] == "error"
+    messages = str(entry["status"].get("messages"))
+    assert "'../../etc/passwd'" in messages and message in messages, messages
+    assert server.run_prompt(api_workflow(server.models, seed=7))["status"]["status_str"] == "success"

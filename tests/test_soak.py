@@ -110,12 +110,24 @@ def _rss(server) -> int:
     return psutil.Process(server.proc.pid).memory_info().rss
 
 
+BASE = dict(seed=100, ip_weight=0.8, mask=None)
+# Each variant changes ONE input of the base setting: its image must differ from the base image, or that input
+# was ignored somewhere between the server and the sampler.
+VARIANTS = {"face": {"face": 1}, "ip_weight": {"ip_weight": 1.2}, "mask": {"mask": (0.6, 64, 96)}, "seed": {"seed": 101}}
+
+
 def _configs(server, count: int) -> list[dict]:
-    """A cycle of 6 distinct (face, seed, weight, mask) settings; every setting repeats once the cycle wraps."""
-    masks = [None, (1.0, SIZE, SIZE), (0.6, 64, 96)]  # the last one is the wrong size: resized by the pack
-    cycle = [dict(face=server.faces[i % 3], seed=100 + i, ip_weight=(0.8, 0.5, 1.2)[i % 3], mask=masks[i % 3])
-             for i in range(6)]
+    """A cycle of 6 distinct (face, seed, weight, mask) settings: the base, one variant per input, and one with
+    everything changed (an all-ones mask of the right size). Every setting repeats once the cycle wraps."""
+    base = dict(BASE, face=server.faces[0])
+    cycle = [base] + [dict(base, **{k: server.faces[v] if k == "face" else v for k, v in change.items()})
+                      for change in VARIANTS.values()]
+    cycle.append(dict(face=server.faces[2], seed=102, ip_weight=0.5, mask=(1.0, SIZE, SIZE)))
     return [cycle[i % 6] for i in range(count)]
+
+
+def _key(cfg: dict) -> tuple:
+    return (cfg["face"], cfg["seed"], cfg["ip_weight"], cfg["mask"])
 
 
 def _interrupt_mid_run(server, models, face: str) -> tuple[dict, dict | None]:
@@ -147,7 +159,7 @@ def test_soak(server, request):
         for prompt_id, cfg in pending:
             entry = _wait(server, prompt_id)
             assert entry["status"]["status_str"] == "success", (cfg, entry["status"], server.log_text()[-3000:])
-            key = (cfg["face"], cfg["seed"], cfg["ip_weight"], cfg["mask"])
+            key = _key(cfg)
             pixels = _pixels(server, entry)
             if key in first_pixels:
                 assert np.array_equal(pixels, first_pixels[key]), f"repeated settings {key} gave a different image"
@@ -177,10 +189,13 @@ def test_soak(server, request):
           f"after all = {rss_end / 2**20:.1f} MiB ({(rss_end / rss_after_5 - 1) * 100:+.2f}%), {elapsed:.1f}s")
     assert completed == count and interrupted == len(interrupt_at)
     assert len(first_pixels) == min(count, 6)
+    base = _key(configs[0])
+    for name, cfg in zip(VARIANTS, configs[1:5], strict=True):
+        assert not np.array_equal(first_pixels[_key(cfg)], first_pixels[base]), f"changing only {name} did not change the image"
     assert rss_end <= rss_after_5 * 1.05, (rss_after_5, rss_end)
     # The server still serves after all that.
     again = _wait(server, _queue(server, workflow(models, **configs[0], prefix="soak_after")))
-    assert np.array_equal(_pixels(server, again), first_pixels[tuple(configs[0].values())])
+    assert np.array_equal(_pixels(server, again), first_pixels[_key(configs[0])])
 
 
 def test_cached_upstream_downstream_changes_rerun_bit_identical(server):

@@ -2,7 +2,8 @@
 
 Registers the tiny SDXL size with ComfyUI's model detection inside the server
 process (so the stock UNet loader accepts the tiny test UNet) and provides a
-text-free conditioning node, since no text encoder can be downloaded here.
+text-free conditioning node, since no text encoder can be downloaded here, and a
+node that drives a combo input through a link.
 """
 
 from __future__ import annotations
@@ -43,5 +44,22 @@ class InstantIDTestConditioning:
         return ([[cond, {"pooled_output": pooled, "width": int(width), "height": int(height)}]],)
 
 
-NODE_CLASS_MAPPINGS = {"InstantIDTestConditioning": InstantIDTestConditioning}
-NODE_DISPLAY_NAME_MAPPINGS = {"InstantIDTestConditioning": "InstantID Test Conditioning (tests only)"}
+class InstantIDTestChoice:
+    """Outputs its text as a COMBO value: what a selector node of another pack (or a converted primitive) sends
+    into a file/folder combo through a link, which ComfyUI validates before the value exists."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("COMBO",)
+    FUNCTION = "choose"
+
+    @classmethod
+    def INPUT_TYPES(cls):  # noqa: N802 - ComfyUI's name
+        return {"required": {"value": ("STRING", {"default": ""})}}
+
+    def choose(self, value):
+        return (value,)
+
+
+NODE_CLASS_MAPPINGS = {"InstantIDTestConditioning": InstantIDTestConditioning, "InstantIDTestChoice": InstantIDTestChoice}
+NODE_DISPLAY_NAME_MAPPINGS = {"InstantIDTestConditioning": "InstantID Test Conditioning (tests only)",
+                              "InstantIDTestChoice": "InstantID Test Choice (tests only)"}
