@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,34 @@ def new_page(browser, url: str, viewport: dict):
 
 def launch(pw):
     return pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+
+
+@contextmanager
+def chromium() -> Iterator:
+    """A headless Chromium for the length of the block (a module fixture yields from inside it)."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def only_node(page, node_type: str, pos: tuple[int, int]) -> int:
+    """Clear the canvas, add one ``node_type`` node at ``pos`` with the view at the origin, unzoomed; its id."""
+    return page.evaluate("""([type, pos]) => {
+        app.graph.clear();
+        const node = LiteGraph.createNode(type);
+        node.pos = pos;
+        app.graph.add(node);
+        app.canvas.ds.offset = [0, 0];
+        app.canvas.ds.scale = 1;
+        app.graph.setDirtyCanvas(true, true);
+        return node.id;
+    }""", [node_type, list(pos)])
 
 
 def screenshot(page, name: str, **kwargs) -> Path:

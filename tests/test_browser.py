@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from browser import first_run_done, launch, new_page, require_browser, screenshot
+from browser import chromium, first_run_done, new_page, only_node, require_browser, screenshot
 
 pytestmark = pytest.mark.server
 JS_FILES = sorted(p.name for p in (Path(__file__).resolve().parent.parent / "js").glob("*.js"))
@@ -33,12 +33,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = launch(pw)
+    with chromium() as browser:
         yield new_page(browser, server.url, {"width": 1280, "height": 800})
-        browser.close()
 
 
 def test_extension_is_loaded(page):
@@ -51,16 +47,7 @@ def test_extension_is_loaded(page):
 
 
 def test_doctor_report_shows_in_the_node(server, page):
-    node_id = page.evaluate("""() => {
-        app.graph.clear();
-        const node = LiteGraph.createNode("InstantIDDoctor");
-        node.pos = [300, 200];
-        app.graph.add(node);
-        app.canvas.ds.offset = [0, 0];
-        app.canvas.ds.scale = 1;
-        app.graph.setDirtyCanvas(true, true);
-        return node.id;
-    }""")
+    node_id = only_node(page, "InstantIDDoctor", (300, 200))
 
     # The display widget must stay out of the API prompt and the saved workflow.
     saved = page.evaluate("async () => { const p = await app.graphToPrompt(); return {output: p.output, workflow: p.workflow}; }")

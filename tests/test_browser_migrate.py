@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import cubiq_graphs
 import pytest
-from browser import first_run_done, launch, new_page, require_browser
+from browser import chromium, first_run_done, new_page, require_browser
 from test_workflows import check_api, with_test_models
 
 from instantid.migrate import migrate_workflow
@@ -34,12 +34,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = launch(pw)
+    with chromium() as browser:
         yield new_page(browser, server.url, {"width": 1280, "height": 800})
-        browser.close()
 
 
 def _graph_edges(workflow: dict) -> tuple[dict, set]:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from browser import first_run_done, launch, new_page, require_browser, screenshot
+from browser import chromium, first_run_done, new_page, only_node, screenshot
 from workflow_view import WINDOW, open_workflow, view_problems
 
 pytestmark = pytest.mark.server
@@ -69,13 +69,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(server):
-    require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = launch(pw)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -248,16 +243,7 @@ def test_node_help_panel_shows_the_packs_page(page):
 
 def _run_doctor(server, page) -> tuple[int, str]:
     _close_dialogs(page)
-    node_id = page.evaluate("""() => {
-        app.graph.clear();
-        const node = LiteGraph.createNode("InstantIDDoctor");
-        node.pos = [300, 180];
-        app.graph.add(node);
-        app.canvas.ds.offset = [0, 0];
-        app.canvas.ds.scale = 1;
-        app.graph.setDirtyCanvas(true, true);
-        return node.id;
-    }""")
+    node_id = only_node(page, "InstantIDDoctor", (300, 180))
     before = set(server.get("/history"))
     page.evaluate("() => app.queuePrompt(0)")
     deadline, entry = time.monotonic() + 60, None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import first_run_done, launch, new_page, require_browser, screenshot
+from browser import chromium, first_run_done, new_page, require_browser, screenshot
 from PIL import Image
 from test_face_keypoints import spec_hint
 
@@ -44,12 +44,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = launch(pw)
+    with chromium() as browser:
         yield new_page(browser, server.url, {"width": 1600, "height": 1000})
-        browser.close()
 
 
 # ---------------------------------------------------------------- page helpers
