@@ -9,14 +9,12 @@ from comfy_api.latest import ComfyExtension, io
 from ..instantid.paths import register_adapter_folder
 from .core_nodes import CORE_NODES
 from .doctor_node import DOCTOR_NODES
-from .migrate_route import register_routes
 from .web_routes import register as register_web_routes
 
 log = logging.getLogger(__name__)
 
 register_adapter_folder()
 register_web_routes()
-register_routes()
 
 
 def _face_nodes() -> list[type[io.ComfyNode]]:

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 ROUTE = "/instantid/migrate"
 
 
-async def _migrate(request):
+async def migrate(request):
     from aiohttp import web
 
     try:
@@ -34,16 +34,3 @@ async def _migrate(request):
     log.info("InstantID: converted a cubiq workflow: %d node(s), %d kept", len(report.converted), len(report.kept))
     return web.json_response({"workflow": converted, "report": report.as_dict(), "text": report.text()})
 
-
-def register_routes() -> None:
-    """Add the route to the running server; in-process tests have no server and need none."""
-    try:
-        from server import PromptServer
-    except ImportError:
-        return
-    instance = getattr(PromptServer, "instance", None)
-    if instance is None:
-        return
-    if any(getattr(r, "path", None) == ROUTE for r in instance.routes):  # the pack loaded twice (two folder names)
-        return
-    instance.routes.post(ROUTE)(_migrate)
