@@ -49,17 +49,21 @@ def _face(cx: float, cy: float, side: float, roll_deg: float, size: tuple[int, i
     return FaceRecord(box, points.astype(np.float32), np.ones(512, np.float32), 0.9, size)
 
 
-def _smooth(height: int, width: int, periods: tuple[float, float], seed: int = 0) -> torch.Tensor:
+def smooth_images(batch: int = 1, height: int = 512, width: int = 512, seed: int = 0, periods=(45, 90)) -> torch.Tensor:
+    """IMAGE [B,H,W,3]: sums of sinusoids (periods in px), values inside 0.1..0.9."""
     rng = np.random.default_rng(seed)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    channels = []
-    for _ in range(3):
-        value = np.full((height, width), 0.5)
+    frames = []
+    for _ in range(batch):
+        channels = []
         for _ in range(3):
-            angle, period, phase = rng.uniform(0, math.pi), rng.uniform(*periods), rng.uniform(0, 2 * math.pi)
-            value += 0.13 * np.sin(2 * math.pi * (xs * math.cos(angle) + ys * math.sin(angle)) / period + phase)
-        channels.append(value)
-    return torch.from_numpy(np.stack(channels, -1)[None].astype(np.float32))
+            value = np.full((height, width), 0.5)
+            for _ in range(3):
+                angle, period, phase = rng.uniform(0, math.pi), rng.uniform(*periods), rng.uniform(0, 2 * math.pi)
+                value += 0.13 * np.sin(2 * math.pi * (xs * math.cos(angle) + ys * math.sin(angle)) / period + phase)
+            channels.append(value)
+        frames.append(np.stack(channels, -1))
+    return torch.from_numpy(np.stack(frames).astype(np.float32))
 
 
 def round_trip_lsb(images: torch.Tensor, record: FaceRecord, **crop_args) -> float:
@@ -98,7 +102,7 @@ def _median_time(fn, runs: int) -> float:
 
 def timings(runs: int) -> dict:
     size = 2048
-    images = _smooth(size, size, (40, 90), seed=3)
+    images = smooth_images(1, size, size, seed=3, periods=(40, 90))
     record = _face(900.0, 700.0, 260.0, 15.0, (size, size))
     faces = Faces((record,))
     args = dict(padding=1.0, resize="size", width=1024, height=1024)
@@ -115,7 +119,7 @@ def timings(runs: int) -> dict:
 
 
 def geometry() -> dict:
-    smooth = _smooth(512, 512, (45, 90))
+    smooth = smooth_images(1, 512, 512, periods=(45, 90))
     results = {"round_trip_smooth_lsb": {}, "round_trip_shrinking_crop_lsb": {}, "keypoint_dot_error_px": {},
                "eye_line_dy_px": {}}
     for roll in ROLLS:
@@ -124,7 +128,7 @@ def geometry() -> dict:
         dot, dy = keypoint_error(roll)
         results["keypoint_dot_error_px"][roll] = dot
         results["eye_line_dy_px"][roll] = dy
-    coarse = _smooth(512, 512, (360, 600))
+    coarse = smooth_images(1, 512, 512, periods=(360, 600))
     for out in (960, 512, 256):
         results["round_trip_shrinking_crop_lsb"][out] = round_trip_lsb(coarse, _face(250.5, 248.2, 340.0, 12.0, (512, 512)),
                                                                        padding=0.5, resize="size", width=out, height=out)

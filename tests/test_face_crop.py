@@ -19,6 +19,7 @@ import torch
 from face_fixtures import blank_images, face_analyzer, face_pack_root, paint_face  # noqa: F401
 
 from instantid import face_crop, face_paste, keypoints
+from instantid.bench_face_crop import smooth_images
 from instantid.face_crop import FaceCropError
 from instantid.faces import FaceRecord, Faces
 from instantid.warp import transform_points
@@ -28,22 +29,6 @@ SIZE = 512
 # Eyes, nose, mouth corners of an upright face, as fractions of the box side around its centre.
 UPRIGHT = np.array([[-0.2, -0.12], [0.2, -0.12], [0.0, 0.08], [-0.15, 0.28], [0.15, 0.28]])
 
-
-def smooth_images(batch: int = 1, height: int = SIZE, width: int = SIZE, seed: int = 0, periods=(45, 90)) -> torch.Tensor:
-    """IMAGE [B,H,W,3]: sums of sinusoids (periods in px), values inside 0.1..0.9."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    frames = []
-    for _ in range(batch):
-        channels = []
-        for _ in range(3):
-            value = np.full((height, width), 0.5)
-            for _ in range(3):
-                angle, period, phase = rng.uniform(0, math.pi), rng.uniform(*periods), rng.uniform(0, 2 * math.pi)
-                value += 0.13 * np.sin(2 * math.pi * (xs * math.cos(angle) + ys * math.sin(angle)) / period + phase)
-            channels.append(value)
-        frames.append(np.stack(channels, -1))
-    return torch.from_numpy(np.stack(frames).astype(np.float32))
 
 
 def face(cx: float, cy: float, side: float, roll_deg: float = 0.0, size: tuple[int, int] = (SIZE, SIZE)) -> FaceRecord:
