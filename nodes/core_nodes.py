@@ -19,6 +19,17 @@ def _weight(name: str, default: float, tooltip: str, maximum: float = 3.0) -> io
     return io.Float.Input(name, default=default, min=0.0, max=maximum, step=0.01, tooltip=tooltip)
 
 
+def _apply_inputs(positive: str = "Positive prompt conditioning.") -> list:
+    """The graph inputs every Apply node takes first: model, positive, negative, adapter, IdentityNet."""
+    return [
+        io.Model.Input("model", tooltip="An SDXL model. It is cloned, never modified."),
+        io.Conditioning.Input("positive", tooltip=positive),
+        io.Conditioning.Input("negative", tooltip="Negative prompt conditioning."),
+        Adapter.Input("instantid", tooltip="From 'Load InstantID Adapter'."),
+        io.ControlNet.Input("control_net", tooltip="IdentityNet, loaded with 'Load ControlNet Model' from models/controlnet."),
+    ]
+
+
 def _window() -> list:
     return [
         io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.001,
@@ -94,11 +105,7 @@ class InstantIDApply(io.ComfyNode):
             category=CATEGORY,
             description="Face attention in all 70 SDXL cross-attention layers plus IdentityNet driven by the face tokens.",
             inputs=[
-                io.Model.Input("model", tooltip="An SDXL model. It is cloned, never modified."),
-                io.Conditioning.Input("positive", tooltip="Positive prompt conditioning."),
-                io.Conditioning.Input("negative", tooltip="Negative prompt conditioning."),
-                Adapter.Input("instantid", tooltip="From 'Load InstantID Adapter'."),
-                io.ControlNet.Input("control_net", tooltip="IdentityNet, loaded with 'Load ControlNet Model' from models/controlnet."),
+                *_apply_inputs(),
                 _faces_input(),
                 _weight("ip_weight", 0.8, "Strength of the face attention (0.8 in every published example)."),
                 _weight("cn_strength", 0.8, "Strength of IdentityNet (0.8 in the examples; 1.0 is the bare default).", 10.0),

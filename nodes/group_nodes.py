@@ -8,8 +8,8 @@ from comfy_api.latest import io
 
 from ..instantid import regions
 from ..instantid.group import apply_group
-from .core_nodes import _window
-from .types import CATEGORY, Adapter, FaceAnalyzer, Faces, Group
+from .core_nodes import _apply_inputs, _window
+from .types import CATEGORY, FaceAnalyzer, Faces, Group
 
 MAX_JOINED = 6
 
@@ -138,11 +138,7 @@ class InstantIDApplyGroup(io.ComfyNode):
             description="Every identity of a group layout in one step: each person's face attention limited to their mask at every "
                         "attention resolution, and one IdentityNet pass per person with their own face tokens, keypoints and mask.",
             inputs=[
-                io.Model.Input("model", tooltip="An SDXL model. It is cloned, never modified."),
-                io.Conditioning.Input("positive", tooltip="Positive prompt conditioning (never regionalised)."),
-                io.Conditioning.Input("negative", tooltip="Negative prompt conditioning."),
-                Adapter.Input("instantid", tooltip="From 'Load InstantID Adapter'."),
-                io.ControlNet.Input("control_net", tooltip="IdentityNet, loaded with 'Load ControlNet Model' from models/controlnet."),
+                *_apply_inputs("Positive prompt conditioning (never regionalised)."),
                 Group.Input("group", tooltip="From 'InstantID Group Layout'."),
                 io.Float.Input("ip_weight", default=0.8, min=0.0, max=3.0, step=0.01, tooltip="Strength of each person's face attention."),
                 io.Float.Input("cn_strength", default=0.8, min=0.0, max=10.0, step=0.01,

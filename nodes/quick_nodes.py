@@ -12,8 +12,8 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..instantid import face_analysis, pipeline, similarity
-from .core_nodes import PLACEMENTS, _combine_input, _mask_input, _weight, _window
-from .types import CATEGORY, PLACEMENT_TOOLTIP, Adapter, FaceAnalyzer, Faces
+from .core_nodes import PLACEMENTS, _apply_inputs, _combine_input, _mask_input, _weight, _window
+from .types import CATEGORY, PLACEMENT_TOOLTIP, FaceAnalyzer, Faces
 
 # What "InstantID Face Analyze" does with its defaults: the largest face, the default retries, stop when none.
 PHOTO_FACE_CHOICE = "largest"
@@ -36,11 +36,7 @@ class InstantIDApplyPhoto(io.ComfyNode):
             description="The quick path: takes the reference photo itself. Exactly 'InstantID Face Analyze' (largest face, "
             "default retries) followed by 'Apply InstantID'. Use the split nodes for face choice, no-face policies or saved faces.",
             inputs=[
-                io.Model.Input("model", tooltip="An SDXL model. It is cloned, never modified."),
-                io.Conditioning.Input("positive", tooltip="Positive prompt conditioning."),
-                io.Conditioning.Input("negative", tooltip="Negative prompt conditioning."),
-                Adapter.Input("instantid", tooltip="From 'Load InstantID Adapter'."),
-                io.ControlNet.Input("control_net", tooltip="IdentityNet, loaded with 'Load ControlNet Model' from models/controlnet."),
+                *_apply_inputs(),
                 FaceAnalyzer.Input("face_analyzer", tooltip="From 'Load InstantID Face Analyzer'."),
                 io.Image.Input("image", tooltip="The reference photo. A batch gives several references of the same person, "
                                                 "combined into one identity (see combine). Every image needs a face."),
