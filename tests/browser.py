@@ -59,6 +59,16 @@ def first_run_done(url: str) -> None:
         assert r.status == 200
 
 
+@contextmanager
+def served(srv) -> Iterator:
+    """A started test server (tests/server.py) with the first-run dialogs off, stopped after the block however it ends."""
+    try:
+        first_run_done(srv.url)
+        yield srv
+    finally:
+        srv.stop()
+
+
 def new_page(browser, url: str, viewport: dict):
     """A page on ``url`` once the app is ready, recording the pack's errors (``page.pack_errors``) and what its
     web folder served (``page.pack_responses``: url -> status)."""

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from browser import chromium, first_run_done, new_page, only_node, require_browser, screenshot
+from browser import chromium, new_page, only_node, require_browser, screenshot, served
 
 pytestmark = pytest.mark.server
 JS_FILES = sorted(p.name for p in (Path(__file__).resolve().parent.parent / "js").glob("*.js"))
@@ -25,10 +25,8 @@ def server(tmp_path_factory):
     require_browser()
     from server import Server
 
-    srv = Server(tmp_path_factory.mktemp("browser-base"))
-    first_run_done(srv.url)
-    yield srv
-    srv.stop()
+    with served(Server(tmp_path_factory.mktemp("browser-base"))) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

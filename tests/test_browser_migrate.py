@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import cubiq_graphs
 import pytest
-from browser import chromium, first_run_done, new_page, require_browser
+from browser import chromium, new_page, require_browser, served
 from test_workflows import check_api, with_test_models
 
 from instantid.migrate import migrate_workflow
@@ -25,11 +25,9 @@ def server(tmp_path_factory):
     require_browser()
     from server import graph_server
 
-    srv = graph_server(tmp_path_factory.mktemp("browser-migrate"))
-    srv.object_info = srv.get("/object_info")
-    first_run_done(srv.url)
-    yield srv
-    srv.stop()
+    with served(graph_server(tmp_path_factory.mktemp("browser-migrate"))) as srv:
+        srv.object_info = srv.get("/object_info")
+        yield srv
 
 
 @pytest.fixture(scope="module")

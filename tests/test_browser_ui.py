@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from browser import chromium, first_run_done, new_page, only_node, screenshot
+from browser import chromium, new_page, only_node, screenshot, served
 from workflow_view import WINDOW, open_workflow, view_problems
 
 pytestmark = pytest.mark.server
@@ -61,10 +61,8 @@ def _loader_files(workflow: dict) -> list[tuple[dict, str]]:
 def server(tmp_path_factory):
     from server import Server
 
-    srv = Server(tmp_path_factory.mktemp("ui-base"))  # no models at all: what a new user has
-    first_run_done(srv.url)
-    yield srv
-    srv.stop()
+    with served(Server(tmp_path_factory.mktemp("ui-base"))) as srv:  # no models at all: what a new user has
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import chromium, first_run_done, new_page, require_browser, screenshot
+from browser import chromium, new_page, require_browser, screenshot, served
 from PIL import Image
 from test_face_keypoints import spec_hint
 
@@ -34,12 +34,8 @@ def server(tmp_path_factory):
     require_browser()
     from server import graph_server
 
-    srv = graph_server(tmp_path_factory.mktemp("keypoint-editor"))
-    try:
-        first_run_done(srv.url)
+    with served(graph_server(tmp_path_factory.mktemp("keypoint-editor"))) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
